@@ -40,8 +40,11 @@ KV cache size: `kv_cache_gb` if set; else on CPU 1 GiB (vLLM would otherwise res
 `gpu_memory_utilization` × host RAM, which costs seconds at start and GiBs of RSS), and on GPU
 vLLM's own sizing from `gpu_memory_utilization` (0.3: the trainer shares the GPU; TRL #2688).
 
-dtype: "auto" means the policy's own dtype (vLLM's "auto" picks bfloat16 on CPU even for a float32
-checkpoint, which breaks sampler/trainer logprob parity); or float32 | bfloat16 | float16.
+dtype: "auto" means the dtype the trainer computes in: bfloat16 / float16 under Lightning's
+bf16 / 16 precisions (the trainer's logprobs come from the same low-precision matmuls, and a bf16
+engine generates 1.5× faster on CPU: benchmarks/RESULTS.md), else the policy's own dtype (vLLM's
+"auto" picks bfloat16 on CPU even for a float32 checkpoint, which would break float32 parity);
+or float32 | bfloat16 | float16 explicitly.
 """
 from __future__ import annotations
 
@@ -132,6 +135,7 @@ class VLLMSampler(SamplerCallback):
         self._sleeping = False
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._eos_ids: list[int] = []
+        self._trainer_dtype: str | None = None  # from trainer.precision in setup; None outside a Trainer
 
     # -- engine life cycle -----------------------------------------------------------------------
     def bind(self, model: torch.nn.Module, tokenizer: Any) -> "VLLMSampler":
@@ -143,6 +147,7 @@ class VLLMSampler(SamplerCallback):
         return self
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer_dtype = _precision_dtype(str(trainer.precision))
         self.bind(pl_module.model, pl_module.tokenizer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -152,12 +157,18 @@ class VLLMSampler(SamplerCallback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.close()
 
+    def resolve_dtype(self, model: torch.nn.Module) -> str:
+        """The engine dtype for `dtype` (see the module docstring: "auto" follows the trainer)."""
+        if self.dtype != "auto":
+            return self.dtype
+        return self._trainer_dtype or _policy_dtype(model)
+
     def _build_engine(self, model: torch.nn.Module, tokenizer: Any) -> None:
         import vllm
         from vllm.platforms import current_platform
 
         self.on_cpu = current_platform.is_cpu()
-        self.engine_dtype = _policy_dtype(model) if self.dtype == "auto" else self.dtype
+        self.engine_dtype = self.resolve_dtype(model)
         kwargs: dict[str, Any] = dict(
             dtype=self.engine_dtype, enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,
             gpu_memory_utilization=self.gpu_memory_utilization, seed=self.seed,
@@ -381,6 +392,15 @@ class VLLMSampler(SamplerCallback):
 # -- the policy's weights under HF checkpoint names --------------------------------------------------
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+def _precision_dtype(precision: str) -> str | None:
+    """The dtype Lightning's `trainer.precision` computes matmuls in, if lower than float32."""
+    if precision.startswith("bf16"):
+        return "bfloat16"
+    if precision.startswith("16"):
+        return "float16"
+    return None
 
 
 def _policy_dtype(model: torch.nn.Module) -> str:

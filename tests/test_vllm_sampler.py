@@ -289,3 +289,23 @@ def test_sampler_config_fields(compose_train):
     s = compose_train("+experiment=grpo", "sampler=vllm", "seed=7").sampler
     assert (s.max_tokens, s.temperature, s.top_p, s.sync_every, s.seed) == (48, 1.0, 1.0, 1, 7)
     assert s.dtype == "auto" and s.check_sync and s.sync_timeout_s > 0 and not math.isnan(s.gpu_memory_utilization)
+
+
+@pytest.mark.parametrize("precision, policy_dtype, dtype, expected", [
+    ("32-true", torch.float32, "auto", "float32"),
+    ("bf16-mixed", torch.float32, "auto", "bfloat16"),   # the trainer's matmuls run in bf16
+    ("16-mixed", torch.float32, "auto", "float16"),
+    ("bf16-true", torch.bfloat16, "auto", "bfloat16"),
+    ("32-true", torch.bfloat16, "auto", "bfloat16"),     # a bf16 checkpoint trained at "32-true"
+    ("bf16-mixed", torch.float32, "float32", "float32"),  # an explicit dtype wins
+])
+def test_auto_dtype_follows_the_trainer(monkeypatch, tiny_model_dir, precision, policy_dtype, dtype, expected):
+    from types import SimpleNamespace
+
+    model = load_causal_lm(str(tiny_model_dir)).to(policy_dtype)
+    s = VLLMSampler(dtype=dtype)
+    monkeypatch.setattr(s, "bind", lambda *a: s)  # no engine: only the dtype choice is under test
+    s.setup(SimpleNamespace(precision=precision), SimpleNamespace(model=model, tokenizer=None), "fit")
+    assert s.resolve_dtype(model) == expected
+    assert VLLMSampler(dtype=dtype).resolve_dtype(model) == (dtype if dtype != "auto" else
+                                                             {torch.float32: "float32"}.get(policy_dtype, "bfloat16"))
