@@ -42,7 +42,7 @@ vLLM's own sizing from `gpu_memory_utilization` (0.3: the trainer shares the GPU
 
 dtype: "auto" means the dtype the trainer computes in: bfloat16 / float16 under Lightning's
 bf16 / 16 precisions (the trainer's logprobs come from the same low-precision matmuls, and a bf16
-engine generates 1.5× faster on CPU: benchmarks/RESULTS.md), else the policy's own dtype (vLLM's
+engine generates ~1.4× faster on CPU: benchmarks/RESULTS.md), else the policy's own dtype (vLLM's
 "auto" picks bfloat16 on CPU even for a float32 checkpoint, which would break float32 parity);
 or float32 | bfloat16 | float16 explicitly.
 """
