@@ -30,10 +30,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from secreason.cli import check_group_choices
+    from secreason.cli import exit_on_unknown_choice
 
-    problem = check_group_choices(sys.argv[1:], CONF, CHECKED_GROUPS)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_unknown_choice(sys.argv[1:], CONF, CHECKED_GROUPS)
     main()

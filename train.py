@@ -22,11 +22,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from secreason.cli import check_group_choices, config_groups
+    from secreason.cli import config_groups, exit_on_unknown_choice
 
     # Hydra reports an unknown group option (loss_agg=nope) in many lines: one line here instead.
-    problem = check_group_choices(sys.argv[1:], CONF, config_groups(CONF, "train", extra=("experiment",)))
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_unknown_choice(sys.argv[1:], CONF, config_groups(CONF, "train", extra=("experiment",)))
     sys.exit(main())

@@ -142,22 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for arm in ARMS:
         rs = [r for r in results if r["arm"] == arm]
-        start = statistics.mean(r["think_len"][0] for r in rs)
-        end = statistics.mean(r["think_len"][1] for r in rs)
+        mean = {k: (statistics.mean(r[k][0] for r in rs), statistics.mean(r[k][1] for r in rs))
+                for k in ("think_len", "near_empty", "correctness")}
         counts = {s: sum(r["status"] == s for r in rs) for s in ("collapsed", "shrank", "kept")}
-        said = ", ".join(f"{s} {n}/{len(rs)}" for s, n in counts.items() if n)
-        summary.append((arm, counts, len(rs)))
-        print(f"[hack] {arm}: think_len {start:.1f}→{end:.1f}, near_empty "
-              f"{statistics.mean(r['near_empty'][0] for r in rs):.2f}→{statistics.mean(r['near_empty'][1] for r in rs):.2f}, "
-              f"correctness {statistics.mean(r['correctness'][0] for r in rs):.2f}→"
-              f"{statistics.mean(r['correctness'][1] for r in rs):.2f} (mean of {len(rs)} seeds; {said})")
-    line = ", ".join(
-        f"{arm} think_len {statistics.mean(r['think_len'][0] for r in results if r['arm'] == arm):.1f}→"
-        f"{statistics.mean(r['think_len'][1] for r in results if r['arm'] == arm):.1f} "
-        f"({'; '.join(f'{s} {n}/{total}' for s, n in counts.items() if n)})"
-        for arm, counts, total in summary)
+        said = "; ".join(f"{s} {n}/{len(rs)}" for s, n in counts.items() if n)
+        summary.append((arm, counts, len(rs), mean, said))
+        print(f"[hack] {arm}: think_len {mean['think_len'][0]:.1f}→{mean['think_len'][1]:.1f}, near_empty "
+              f"{mean['near_empty'][0]:.2f}→{mean['near_empty'][1]:.2f}, "
+              f"correctness {mean['correctness'][0]:.2f}→{mean['correctness'][1]:.2f} "
+              f"(mean of {len(rs)} seeds; {said.replace('; ', ', ')})")
+    line = ", ".join(f"{arm} think_len {mean['think_len'][0]:.1f}→{mean['think_len'][1]:.1f} ({said})"
+                     for arm, _, _, mean, said in summary)
     print(f"hacking: {line}")
-    (_, none_counts, n_none), (_, tq_counts, n_tq) = summary
+    (_, none_counts, n_none, *_), (_, tq_counts, n_tq, *_) = summary
     reproduced = none_counts["collapsed"] > n_none / 2 and tq_counts["collapsed"] == 0
     print(f"[hack] report's hack reproduced (none collapses in most seeds, think_quality in none): "
           f"{'yes' if reproduced else 'no'}")

@@ -291,15 +291,16 @@ def test_sampler_config_fields(compose_train):
     assert s.dtype == "auto" and s.check_sync and s.sync_timeout_s > 0 and not math.isnan(s.gpu_memory_utilization)
 
 
-@pytest.mark.parametrize("precision, policy_dtype, dtype, expected", [
-    ("32-true", torch.float32, "auto", "float32"),
-    ("bf16-mixed", torch.float32, "auto", "bfloat16"),   # the trainer's matmuls run in bf16
-    ("16-mixed", torch.float32, "auto", "float16"),
-    ("bf16-true", torch.bfloat16, "auto", "bfloat16"),
-    ("32-true", torch.bfloat16, "auto", "bfloat16"),     # a bf16 checkpoint trained at "32-true"
-    ("bf16-mixed", torch.float32, "float32", "float32"),  # an explicit dtype wins
+@pytest.mark.parametrize("precision, policy_dtype, dtype, expected, outside_trainer", [
+    ("32-true", torch.float32, "auto", "float32", "float32"),
+    ("bf16-mixed", torch.float32, "auto", "bfloat16", "float32"),   # the trainer's matmuls run in bf16
+    ("16-mixed", torch.float32, "auto", "float16", "float32"),
+    ("bf16-true", torch.bfloat16, "auto", "bfloat16", "bfloat16"),
+    ("32-true", torch.bfloat16, "auto", "bfloat16", "bfloat16"),    # a bf16 checkpoint trained at "32-true"
+    ("bf16-mixed", torch.float32, "float32", "float32", "float32"),  # an explicit dtype wins
 ])
-def test_auto_dtype_follows_the_trainer(monkeypatch, tiny_model_dir, precision, policy_dtype, dtype, expected):
+def test_auto_dtype_follows_the_trainer(monkeypatch, tiny_model_dir, precision, policy_dtype, dtype, expected,
+                                        outside_trainer):
     from types import SimpleNamespace
 
     model = load_causal_lm(str(tiny_model_dir)).to(policy_dtype)
@@ -307,5 +308,4 @@ def test_auto_dtype_follows_the_trainer(monkeypatch, tiny_model_dir, precision, 
     monkeypatch.setattr(s, "bind", lambda *a: s)  # no engine: only the dtype choice is under test
     s.setup(SimpleNamespace(precision=precision), SimpleNamespace(model=model, tokenizer=None), "fit")
     assert s.resolve_dtype(model) == expected
-    assert VLLMSampler(dtype=dtype).resolve_dtype(model) == (dtype if dtype != "auto" else
-                                                             {torch.float32: "float32"}.get(policy_dtype, "bfloat16"))
+    assert VLLMSampler(dtype=dtype).resolve_dtype(model) == outside_trainer  # no trainer: the policy's dtype

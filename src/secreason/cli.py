@@ -86,3 +86,11 @@ def check_group_choices(argv: list[str], conf_dir: Path, groups: set[str] | tupl
                 known = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
                 return f"{key}={name!r} unknown; choose one of: {', '.join(known)}"
     return None
+
+
+def exit_on_unknown_choice(argv: list[str], conf_dir: Path, groups: set[str] | tuple[str, ...]) -> None:
+    """`check_group_choices`, and on a problem its one line on stderr and exit status 2."""
+    problem = check_group_choices(argv, conf_dir, groups)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)

@@ -98,9 +98,10 @@ def complete(sampler, tokenizer, conversations: Sequence[list[dict[str, str]]], 
     for start in range(0, len(conversations), prompts_per_call):
         chunk = conversations[start:start + prompts_per_call]
         ids = [prompt_ids(tokenizer, c) for c in chunk]
-        room = context - max(len(i) for i in ids) if context else wanted
+        longest = max(len(i) for i in ids)
+        room = context - longest if context else wanted
         if room < 1:
-            raise EvalError(f"a prompt of {max(len(i) for i in ids)} tokens does not fit the model's "
+            raise EvalError(f"a prompt of {longest} tokens does not fit the model's "
                             f"context of {context} positions")
         if room < wanted:
             log.warning("capping completions at %d tokens (model context %d) instead of sampler.max_tokens=%d",
