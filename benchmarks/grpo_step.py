@@ -81,6 +81,10 @@ AB_LEVERS = [
     ("no forward/backward over padding (completions of max/2 and max tokens)", "vllm", "bf16", "padding",
      ["1 micro-batch of 32 (padded)", "2 × 16, row order (padded)", "2 × 16, sorted by length (GRPOModule)"]),
     ("vLLM engine threads (sampler.engine_threads)", "vllm", "bf16", "engine_threads", ["1 (default)", "cores"]),
+    # algorithm.share_prompts: the 4 completions of a prompt reuse one forward of its 48 prompt tokens (KV cache
+    # copied per row) in the reference and policy passes; off, every row runs [prompt, completion].
+    ("one forward per distinct prompt (algorithm.share_prompts)", "vllm", "bf16", "share_prompts",
+     ["shared (default)", "prompt per row"]),
 ]
 
 
@@ -306,6 +310,8 @@ def _timer_callback_class():
                 torch.set_num_threads(self.threads if first else 1)
             if SPEC.get("lever") == "engine_threads":
                 self.sampler.engine_threads = 1 if first else self.threads
+            if SPEC.get("lever") == "share_prompts":
+                pl_module.share_prompts = first
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             for key in ("rollout/logprob_diff_mean", "rollout/logprob_diff_max"):

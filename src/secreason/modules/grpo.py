@@ -71,7 +71,7 @@ class GRPOModule(L.LightningModule):
                  overlong: Mapping[str, Any] | None = None, filter_zero_std_groups: bool = False,
                  max_completion_length: int = 64, temperature: float = 1.0, max_grad_norm: float | None = 1.0,
                  optim: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
-                 think_tags: tuple[str, str] = ("<think>", "</think>")) -> None:
+                 think_tags: tuple[str, str] = ("<think>", "</think>"), share_prompts: bool = True) -> None:
         super().__init__()
         self.automatic_optimization = False  # μ updates and step-global normalisers per rollout batch
         self.model, self.tokenizer, self.reward_set = model, tokenizer, reward_set
@@ -93,18 +93,23 @@ class GRPOModule(L.LightningModule):
         self.max_len, self.temperature, self.max_grad_norm = max_completion_length, temperature, max_grad_norm
         self.optim_cfg, self.scheduler_cfg = dict(optim or {}), dict(scheduler or {})
         self.think_tags = tuple(think_tags)
+        self.share_prompts = share_prompts
 
     # -- the policy under LoRA doubles as the reference (adapters off): no second copy --------------
     def reference_logprobs(self, r: Rollout) -> torch.Tensor:
         with torch.no_grad():
             if self._ref:
-                return completion_logprobs(self._ref[0], *self._tensors(r), self.temperature)[0]
+                return self._logprobs(self._ref[0], r)[0]
             with self.model.disable_adapter():
-                return completion_logprobs(self.model, *self._tensors(r), self.temperature)[0]
+                return self._logprobs(self.model, r)[0]
 
     def on_fit_start(self) -> None:
         for ref in self._ref:
             ref.to(self.device)
+
+    def _logprobs(self, model: torch.nn.Module, r: Rollout, with_entropy: bool = False):
+        return completion_logprobs(model, *self._tensors(r), self.temperature, with_entropy=with_entropy,
+                                   share_prompts=self.share_prompts)
 
     def _tensors(self, r: Rollout) -> tuple[torch.Tensor, ...]:
         return tuple(t.to(self.device) for t in (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask))
@@ -178,7 +183,7 @@ class GRPOModule(L.LightningModule):
         if self.old_logprobs == "sampler":
             return r.sampler_logprobs.to(self.device)
         with torch.no_grad():
-            return completion_logprobs(self.model, *self._tensors(r), self.temperature)[0]
+            return self._logprobs(self.model, r)[0]
 
     def _update(self, r: Rollout, mask: torch.Tensor, advantages: torch.Tensor, micro: list[torch.Tensor],
                 norm: StepNorm, ref: list, old: list, opt, first: bool) -> dict[str, float]:
@@ -187,7 +192,7 @@ class GRPOModule(L.LightningModule):
         for m, ref_lp, old_lp in zip(micro, ref, old):
             part = r.select(m)
             mb_mask = mask[m][:, : part.completion_ids.shape[1]].to(self.device).float()
-            logp, entropy = completion_logprobs(self.model, *self._tensors(part), self.temperature, with_entropy=first)
+            logp, entropy = self._logprobs(self.model, part, with_entropy=first)
             old_lp = logp.detach() if old_lp is None else old_lp
             sampler_lp = part.sampler_logprobs.to(self.device)
             is_w = truncated_is_weights(old_lp, sampler_lp, self.is_cap)

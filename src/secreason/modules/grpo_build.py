@@ -70,4 +70,5 @@ def build_grpo_module(cfg: DictConfig, model, tokenizer):
         is_cap=a.is_cap, old_logprobs=a.old_logprobs, overlong=plain(a.overlong),
         filter_zero_std_groups=bool(a.filter_zero_std_groups), max_completion_length=int(cfg.sampler.max_tokens),
         temperature=float(cfg.sampler.temperature), max_grad_norm=a.max_grad_norm, optim=plain(a.optim),
-        scheduler=plain(a.scheduler), think_tags=tuple(cfg.data.get("think_tags", ("<think>", "</think>"))))
+        scheduler=plain(a.scheduler), think_tags=tuple(cfg.data.get("think_tags", ("<think>", "</think>"))),
+        share_prompts=bool(a.get("share_prompts", True)))
