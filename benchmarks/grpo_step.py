@@ -665,6 +665,11 @@ def _brief(s: dict) -> str:
             + ", ".join(f"{p} {s[p]['median']:.2f}" for p in PHASES) + others)
 
 
+def _selected(name: str, keys: list[str] | None) -> bool:
+    """--only: a key matches names containing it; "=name" matches that name exactly."""
+    return keys is None or any(name == k[1:] if k.startswith("=") else k in name for k in keys)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,small")
@@ -674,7 +679,7 @@ def main() -> None:
                     help="runs per system, the order reversed every other round")
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--levers", default="small", help="models to run the lever A/B runs on (comma list, or none)")
-    ap.add_argument("--only", default=None, help="comma-separated substrings: run only matching systems / levers")
+    ap.add_argument("--only", default=None, help="comma-separated substrings (or =exact names): run only matching systems / levers")
     ap.add_argument("--quiet-idle", type=float, default=0.0,
                     help="before each run, wait until other processes leave this share of the CPUs idle (0 = off)")
     ap.add_argument("--quiet-wait", type=float, default=600.0, help="longest such wait, seconds")
@@ -711,7 +716,7 @@ def main() -> None:
                 "warmup": args.warmup, "steps": args.steps, "prompts_dir": str(prompts_dir)}
 
         variants = [v for v in MAIN_VARIANTS if not (args.skip_trl and v[1] == "trl")]
-        variants = [v for v in variants if keys is None or any(k in v[0] for k in keys)]
+        variants = [v for v in variants if _selected(v[0], keys)]
         runs: dict[str, list[dict]] = {v[0]: [] for v in variants}
         errors: dict[str, dict] = {}
         for rnd in range(args.rounds):
@@ -734,7 +739,7 @@ def main() -> None:
         levers = []
         if model in lever_models:
             for i, (name, system, precision, lever, options) in enumerate(AB_LEVERS):
-                if keys is not None and not any(k in name for k in keys):
+                if not _selected(name, keys):
                     continue
                 tag = f"{model}-lever{i}"
                 spec = {**base, "system": system, "precision": precision, "lever": lever, "options": options,

@@ -23,6 +23,9 @@ format penalty inside the reward. Deviations and choices it does not state:
 - Old logprobs: with μ = 1 the ratio is exactly 1 on the forward pass (old = current, detached),
   so no extra forward is spent; with μ > 1 they are recomputed once before the updates
   (`old_logprobs=recompute`) or taken from the sampler (`old_logprobs=sampler`).
+- Shared prompts (`share_prompts`, on by default): within a micro-batch each distinct prompt runs
+  through the model once and its KV cache serves its completions; micro-batches are cut by
+  completion length, so a group split across micro-batches runs its prompt once per part.
 """
 from __future__ import annotations
 
