@@ -114,3 +114,15 @@ def test_shared_prompts_under_lora(tiny_model_dir):
             base, _ = completion_logprobs(model, *tensors, share_prompts=True)
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
     assert (base - plain).abs().max() > 1e-2
+
+
+def test_no_logits_over_prompt_positions(tiny_model):
+    """The LM head runs only where a completion token is predicted (`logits_to_keep`)."""
+    widths = []
+    tiny_model.lm_head.register_forward_hook(lambda mod, args, out: widths.append(out.shape[1]))
+    tensors = batch(ROWS)
+    t = tensors[2].shape[1]
+    with torch.no_grad():
+        completion_logprobs(tiny_model, *tensors)
+        completion_logprobs(tiny_model, *tensors, share_prompts=True)
+    assert widths == [t + 1, 1, t]  # plain: t + 1; shared: the prompt's last position, then the completion

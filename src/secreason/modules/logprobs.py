@@ -29,8 +29,9 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt
         input_ids = torch.cat([prompt_ids, completion_ids], 1)
         attn = torch.cat([prompt_mask, completion_mask], 1)
         position_ids = (attn.cumsum(1) - 1).clamp(min=0)
-        logits = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
-        logits = logits[:, p - 1: p + t - 1]
+        logits = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False,
+                       **_last_logits(model, t + 1)).logits
+        logits = logits[:, -(t + 1):-1]  # positions p − 1 … p + t − 2 predict the completion
     logits = logits.float()
     if temperature not in (0, 1):
         logits = logits / temperature
@@ -53,7 +54,7 @@ def _shared_prompt_logits(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
         return None
     u_ids, u_mask = distinct[:, :p], distinct[:, p:]
     first = model(input_ids=u_ids, attention_mask=u_mask, position_ids=(u_mask.cumsum(1) - 1).clamp(min=0),
-                  use_cache=True)
+                  use_cache=True, **_last_logits(model, 1))
     cache = getattr(first, "past_key_values", None)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
@@ -64,3 +65,10 @@ def _shared_prompt_logits(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
                  use_cache=True).logits
     # The prompt's last position predicts completion token 0; completion position j predicts j + 1.
     return torch.cat([first.logits[:, -1:].index_select(0, row_prompt), rest[:, :-1]], 1)
+
+
+def _last_logits(model: torch.nn.Module, k: int) -> dict:
+    """`logits_to_keep=k` where the model's forward takes it: no logits over prompt positions, whose
+    [N, P, vocab] float tensor would dominate memory for long prompts and a 128k vocabulary."""
+    supports = getattr(model, "_supports_logits_to_keep", None)
+    return {"logits_to_keep": k} if supports is not None and supports() else {}
