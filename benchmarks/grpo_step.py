@@ -263,13 +263,13 @@ def _timer_callback_class():
             if lever == "padding":
                 sorted_micro = pl_module._micro_batches
 
-                def micro_batches(mask):
+                def micro_batches(mask, *rollout):
                     k = CLOCK.options.index(CLOCK.option)
                     pl_module.micro_batch_size = 32 if k == 0 else 16
                     if k == 1:  # rows in order, as before GRPOModule._micro_batches sorted them
                         n, mb = mask.shape[0], pl_module.micro_batch_size
                         return [torch.arange(i, min(i + mb, n)) for i in range(0, n, mb)]
-                    return sorted_micro(mask)
+                    return sorted_micro(mask, *rollout)
 
                 pl_module._micro_batches = micro_batches
             if lever == "autocast_train":  # what Lightning's bf16-mixed plugin does around training_step

@@ -126,3 +126,40 @@ def test_no_logits_over_prompt_positions(tiny_model):
         completion_logprobs(tiny_model, *tensors)
         completion_logprobs(tiny_model, *tensors, share_prompts=True)
     assert widths == [t + 1, 1, t]  # plain: t + 1; shared: the prompt's last position, then the completion
+
+
+# ------------------------------------------------------------------------------------ micro-batch cut
+
+def rows_of(micro):
+    return [m.tolist() for m in micro]
+
+
+def test_micro_batch_rows_keep_groups_together_when_prompts_dominate():
+    from secreason.modules.grpo import micro_batch_rows
+
+    lengths, groups = torch.tensor([4, 1, 3, 2]), torch.tensor([0, 0, 1, 1])
+    # by length: [0, 2] [3, 1]: 2 prompts × 10 + 2 × 4 = 28, 2 × 10 + 2 × 2 = 24 → 52
+    # by group:  [0, 1] [2, 3]: 1 × 10 + 2 × 4 = 18, 1 × 10 + 2 × 3 = 16 → 34: cheaper
+    assert rows_of(micro_batch_rows(lengths, 2, groups, torch.full((4,), 10))) == [[0, 1], [2, 3]]
+    assert rows_of(micro_batch_rows(lengths, 2)) == [[0, 2], [3, 1]]  # no sharing: longest first
+
+
+def test_micro_batch_rows_sort_by_length_when_completions_dominate():
+    from secreason.modules.grpo import micro_batch_rows
+
+    lengths, groups, prompts = torch.tensor([8, 1, 7, 2]), torch.tensor([0, 0, 1, 1]), torch.ones(4, dtype=torch.long)
+    # by length: [0, 2] [3, 1]: 2 + 2 × 8 = 18, 2 + 2 × 2 = 6 → 24; by group: 1 + 16, 1 + 14 → 32
+    assert rows_of(micro_batch_rows(lengths, 2, groups, prompts)) == [[0, 2], [3, 1]]
+    # a tie keeps the length order: lengths [4, 1, 3, 2], prompts of 1 → 10 + 6 = 9 + 7
+    assert rows_of(micro_batch_rows(torch.tensor([4, 1, 3, 2]), 2, groups, prompts)) == [[0, 2], [3, 1]]
+
+
+def test_micro_batch_rows_orders_groups_longest_first():
+    from secreason.modules.grpo import micro_batch_rows
+
+    lengths = torch.tensor([7, 1, 9, 2, 3, 3])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    # by length: [2, 0] [4, 5] [3, 1]: (2·50 + 2·9) + (50 + 2·3) + (2·50 + 2·2) = 278
+    # by group, maxima 7, 9, 3 → groups 1, 0, 2: (50 + 2·9) + (50 + 2·7) + (50 + 2·3) = 188
+    micro = micro_batch_rows(lengths, 2, groups, torch.full((6,), 50))
+    assert rows_of(micro) == [[2, 3], [0, 1], [4, 5]]

@@ -24,8 +24,9 @@ format penalty inside the reward. Deviations and choices it does not state:
   so no extra forward is spent; with μ > 1 they are recomputed once before the updates
   (`old_logprobs=recompute`) or taken from the sampler (`old_logprobs=sampler`).
 - Shared prompts (`share_prompts`, on by default): within a micro-batch each distinct prompt runs
-  through the model once and its KV cache serves its completions; micro-batches are cut by
-  completion length, so a group split across micro-batches runs its prompt once per part.
+  through the model once and its KV cache serves its completions. Micro-batches are then cut by
+  whole prompt groups or by completion length, whichever runs fewer token positions
+  (`micro_batch_rows`); a group split across micro-batches runs its prompt once per part.
 """
 from __future__ import annotations
 
@@ -63,6 +64,36 @@ def overlong_adjust(rewards: torch.Tensor, mask: torch.Tensor, truncated: torch.
         over = (lengths - (max_len - buffer)).clamp(min=0) / max(buffer, 1)
         return rewards - penalty * over.clamp(max=1.0), mask
     raise ValueError(f"algorithm.overlong.mode={mode!r} unknown; choose none, mask or soft_penalty")
+
+
+def micro_batch_rows(lengths: torch.Tensor, size: int, group_index: torch.Tensor | None = None,
+                     prompt_lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Rows [N] of completion `lengths` cut into micro-batches of `size`: the cheaper of two orders.
+
+    By length (longest first): each micro-batch is trimmed to its longest row (`Rollout.select`),
+    so little forward/backward goes to padding. By group (given `group_index` [N] and
+    `prompt_lengths` [N], i.e. shared prompts): whole groups together, longest group first, so
+    a prompt runs once per micro-batch. Cost = Σ over micro-batches of distinct prompts × prompt
+    width + rows × completion width (token positions through the model); a tie keeps length order.
+    """
+    by_length = lengths.argsort(descending=True, stable=True)
+
+    def cut(order: torch.Tensor) -> list[torch.Tensor]:
+        return [order[i: i + size] for i in range(0, len(order), size)]
+
+    if group_index is None or prompt_lengths is None or lengths.numel() == 0:
+        return cut(by_length)
+    group_max = torch.zeros(int(group_index.max()) + 1, dtype=lengths.dtype)
+    group_max = group_max.scatter_reduce(0, group_index, lengths, "amax")
+    by_group = by_length[group_index[by_length].argsort(stable=True)]  # rows longest first within a group
+    by_group = by_group[group_max[group_index[by_group]].argsort(descending=True, stable=True)]
+
+    def cost(micro: list[torch.Tensor]) -> int:
+        return sum(group_index[m].unique().numel() * int(prompt_lengths[m].max()) + m.numel() * int(lengths[m].max())
+                   for m in micro)
+
+    length_cut, group_cut = cut(by_length), cut(by_group)
+    return group_cut if cost(group_cut) < cost(length_cut) else length_cut
 
 
 class GRPOModule(L.LightningModule):
@@ -153,7 +184,7 @@ class GRPOModule(L.LightningModule):
         metrics["rollout/kept_frac"] = rows.numel() / rollout.num_completions
         r = rollout.select(rows)
         mask, advantages = mask[rows][:, : r.completion_ids.shape[1]], advantages[rows]
-        micro = self._micro_batches(mask)
+        micro = self._micro_batches(mask, r)
         norm = StepNorm.from_masks([mask[m] for m in micro], self.max_len)
         if self.trainer.world_size > 1:  # normalisers span all ranks (prime-rl #2358)
             norm = norm.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), device=self.device)
@@ -169,15 +200,14 @@ class GRPOModule(L.LightningModule):
         self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, batch_size=len(batch["rows"]))
         self.log_dict(metrics, batch_size=len(batch["rows"]), prog_bar=False)
 
-    def _micro_batches(self, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Row indices of each micro-batch, longest completions first.
+    def _micro_batches(self, mask: torch.Tensor, r: Rollout | None = None) -> list[torch.Tensor]:
+        """Row indices of each micro-batch (`micro_batch_rows`); prompt groups count when prompts are shared.
 
-        Rows of similar length share a micro-batch, so `Rollout.select` trims most of the padding and
-        no forward/backward is spent on it. The loss is a sum of shares with step-wide normalisers
-        (StepNorm), so the grouping does not change the update.
+        The loss is a sum of shares with step-wide normalisers (StepNorm), so the cut does not
+        change the update.
         """
-        order = mask.sum(-1).argsort(descending=True, stable=True)
-        return [order[i: i + self.micro_batch_size] for i in range(0, len(order), self.micro_batch_size)]
+        groups = (r.group_index, r.prompt_mask.sum(-1)) if self.share_prompts and r is not None else (None, None)
+        return micro_batch_rows(mask.sum(-1), self.micro_batch_size, *groups)
 
     def _old_logprobs(self, r: Rollout) -> torch.Tensor | None:
         """π_old on the sampled tokens: None when μ = 1 (then old = current, detached)."""
