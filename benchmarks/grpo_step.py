@@ -248,15 +248,13 @@ def _timer_callback_class():
             CLOCK.wrap(pl_module, "score", "reward")
             CLOCK.wrap(pl_module, "reference_logprobs", "ref_old")
             if lever == "old":
-                from secreason.modules.logprobs import completion_logprobs
-
                 fused = pl_module._old_logprobs
 
                 def old_logprobs(r):
                     if CLOCK.option == CLOCK.options[0]:
                         return fused(r)
                     with torch.no_grad():
-                        return completion_logprobs(pl_module.model, *pl_module._tensors(r), pl_module.temperature)[0]
+                        return pl_module._logprobs(pl_module.model, r)[0]  # what old_logprobs=recompute runs
 
                 pl_module._old_logprobs = old_logprobs
             CLOCK.wrap(pl_module, "_old_logprobs", "ref_old")

@@ -71,4 +71,4 @@ def build_grpo_module(cfg: DictConfig, model, tokenizer):
         filter_zero_std_groups=bool(a.filter_zero_std_groups), max_completion_length=int(cfg.sampler.max_tokens),
         temperature=float(cfg.sampler.temperature), max_grad_norm=a.max_grad_norm, optim=plain(a.optim),
         scheduler=plain(a.scheduler), think_tags=tuple(cfg.data.get("think_tags", ("<think>", "</think>"))),
-        share_prompts=bool(a.get("share_prompts", True)))
+        share_prompts=bool(a.share_prompts))

@@ -28,8 +28,7 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt
     if logits is None:
         input_ids = torch.cat([prompt_ids, completion_ids], 1)
         attn = torch.cat([prompt_mask, completion_mask], 1)
-        position_ids = (attn.cumsum(1) - 1).clamp(min=0)
-        logits = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False,
+        logits = model(input_ids=input_ids, attention_mask=attn, position_ids=_positions(attn), use_cache=False,
                        **_last_logits(model, t + 1)).logits
         logits = logits[:, -(t + 1):-1]  # positions p − 1 … p + t − 2 predict the completion
     logits = logits.float()
@@ -53,18 +52,22 @@ def _shared_prompt_logits(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
     if distinct.shape[0] == prompt_ids.shape[0]:
         return None
     u_ids, u_mask = distinct[:, :p], distinct[:, p:]
-    first = model(input_ids=u_ids, attention_mask=u_mask, position_ids=(u_mask.cumsum(1) - 1).clamp(min=0),
-                  use_cache=True, **_last_logits(model, 1))
+    first = model(input_ids=u_ids, attention_mask=u_mask, position_ids=_positions(u_mask), use_cache=True,
+                  **_last_logits(model, 1))
     cache = getattr(first, "past_key_values", None)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
     cache.batch_select_indices(row_prompt)  # [distinct, ...] → [N, ...]; index_select keeps the graph
     attn = torch.cat([prompt_mask, completion_mask], 1)
-    position_ids = (attn.cumsum(1) - 1).clamp(min=0)[:, p:]
-    rest = model(input_ids=completion_ids, attention_mask=attn, position_ids=position_ids, past_key_values=cache,
-                 use_cache=True).logits
+    rest = model(input_ids=completion_ids, attention_mask=attn, position_ids=_positions(attn)[:, p:],
+                 past_key_values=cache, use_cache=True).logits
     # The prompt's last position predicts completion token 0; completion position j predicts j + 1.
     return torch.cat([first.logits[:, -1:].index_select(0, row_prompt), rest[:, :-1]], 1)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting real tokens only, so left padding does not shift them."""
+    return (mask.cumsum(1) - 1).clamp(min=0)
 
 
 def _last_logits(model: torch.nn.Module, k: int) -> dict:
