@@ -204,7 +204,7 @@ def _timer_callback_class():
         """Added to cfg.callbacks (`_target_: __main__.StepTimer`): wraps the pieces of our GRPO step."""
 
         def setup(self, trainer, pl_module, stage):
-            from callbacks.sampler import SamplerCallback
+            from secreason.callbacks.sampler import SamplerCallback
 
             import torch
 

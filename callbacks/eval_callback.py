@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import lightning as L
 
-from callbacks.hf_sampler import HFSampler
+from secreason.callbacks.hf_sampler import HFSampler
 from secreason.eval import benchmarks, metrics, prompts
 from secreason.eval.generate import complete
 from secreason.eval.runner import Scorer

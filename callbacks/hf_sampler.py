@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from callbacks.sampler import SamplerCallback, completions_to_rollout, cut_at_eos, left_pad
+from secreason.callbacks.sampler import SamplerCallback, completions_to_rollout, cut_at_eos, left_pad
 from secreason.rollout import Rollout
 
 

@@ -63,7 +63,7 @@ from typing import Any, Iterator
 import lightning as L
 import torch
 
-from callbacks.sampler import SamplerCallback, completions_to_rollout, cut_at_eos
+from secreason.callbacks.sampler import SamplerCallback, completions_to_rollout, cut_at_eos
 from secreason.rollout import Rollout
 
 log = logging.getLogger(__name__)

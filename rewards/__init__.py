@@ -9,7 +9,7 @@ under a time limit, and turns every failure into 0.0, so a reward never raises o
 and never returns NaN. What went wrong is counted in `reward.stats` (timeouts, errors,
 non-string completions, missing or unusable gold), which tests and logging read.
 
-This package module stays light (no cwe2/cvss/math-verify import) so that `rewards.extraction`
+This package module stays light (no cwe2/cvss/math-verify import) so that `secreason.rewards.extraction`
 can be imported by evaluation without pulling in the scorers.
 """
 
@@ -21,8 +21,8 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any, Sequence
 
-from rewards.extraction import DEFAULT_THINK_TAGS, split_think
-from rewards.timeout import RewardTimeout, run_with_time_limit
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS, split_think
+from secreason.rewards.timeout import RewardTimeout, run_with_time_limit
 
 log = logging.getLogger(__name__)
 

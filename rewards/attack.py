@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from rewards import Reward
-from rewards.extraction import extract_attack_ids, split_ids, strip_subtechnique
+from secreason.rewards import Reward
+from secreason.rewards.extraction import extract_attack_ids, split_ids, strip_subtechnique
 
 SUBTECHNIQUES = ("strip", "keep")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from cvss import CVSS3
 
-from rewards import Reward
-from rewards.extraction import CVSS_PATTERNS, extract
+from secreason.rewards import Reward
+from secreason.rewards.extraction import CVSS_PATTERNS, extract
 
 BASE_METRICS = ("AV", "AC", "PR", "UI", "S", "C", "I", "A")
 MODES = ("binary", "graded")

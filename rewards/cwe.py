@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from rewards import Reward
-from rewards.extraction import CWE_PATTERNS, all_values, cwe_number, extract
+from secreason.rewards import Reward
+from secreason.rewards.extraction import CWE_PATTERNS, all_values, cwe_number, extract
 
 _CHILD_OF_1000 = re.compile(r"NATURE:ChildOf:CWE ID:(\d+):VIEW ID:1000\b")
 

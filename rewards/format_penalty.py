@@ -18,9 +18,9 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any, Sequence
 
-from rewards import aligned, as_think_tags
-from rewards.extraction import DEFAULT_THINK_TAGS, ThinkSplit, split_think
-from rewards.timeout import RewardTimeout, run_with_time_limit
+from secreason.rewards import aligned, as_think_tags
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS, ThinkSplit, split_think
+from secreason.rewards.timeout import RewardTimeout, run_with_time_limit
 
 log = logging.getLogger(__name__)
 _WORD = re.compile(r"\w+")

@@ -5,7 +5,7 @@
 Time limit: math-verify's own timeouts use `signal.alarm` with whole seconds and refuse to run
 outside the main thread, so they are switched off here (`parsing_timeout=None`,
 `timeout_seconds=None`) and the whole parse+verify of one completion runs under
-`rewards.timeout.run_with_time_limit(timeout_s)` instead (sub-second, works in threads).
+`secreason.rewards.timeout.run_with_time_limit(timeout_s)` instead (sub-second, works in threads).
 Measured: `9^9^9`, `10^{10^{10}}`, `99999999!` each run for more than 20 s unguarded and are
 cut at the limit. Such answers are also refused up front (`explosive`), because in a worker
 thread an overrunning computation is abandoned but keeps burning a core.
@@ -17,8 +17,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from rewards import Reward
-from rewards.extraction import final_answer_text
+from secreason.rewards import Reward
+from secreason.rewards.extraction import final_answer_text
 
 # math-verify only parses the final answer; a longer tail is not an answer.
 MAX_MATH_CHARS = 1_000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rewards import Reward
-from rewards.extraction import MCQ_REWARD_PATTERNS, extract, mcq_marker_letters
+from secreason.rewards import Reward
+from secreason.rewards.extraction import MCQ_REWARD_PATTERNS, extract, mcq_marker_letters
 
 _GOLD_LETTER = re.compile(r"^\W*([A-Za-z])\W*$")
 

@@ -13,7 +13,7 @@ How the limit is enforced:
 - In any other thread (signals cannot be used there): `fn` runs in a daemon worker thread and
   the caller waits at most `seconds`. A worker that overruns is abandoned, not killed (Python
   cannot kill a thread); it keeps a core busy until it finishes, which is why the rewards also
-  cap their inputs (`MAX_ANSWER_CHARS` and the power guards in `rewards.math_answer`).
+  cap their inputs (`MAX_ANSWER_CHARS` and the power guards in `secreason.rewards.math_answer`).
 - Limitation, both ways: a signal is handled between bytecodes, so one long C call (a regex
   over a huge string, a giant integer power) is not interrupted mid-call. The extraction
   regexes are linear-time and the math reward refuses huge powers/factorials for that reason.

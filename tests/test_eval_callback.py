@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from callbacks.eval_callback import EvalCallback
+from secreason.callbacks.eval_callback import EvalCallback
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "ctibench").is_dir(), reason="shared/data is not next to the repo")

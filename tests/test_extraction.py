@@ -1,9 +1,9 @@
-"""rewards.extraction: think splitting, the report's (FAITH) ordered patterns, CTIBench's rules."""
+"""secreason.rewards.extraction: think splitting, the report's (FAITH) ordered patterns, CTIBench's rules."""
 
 import pytest
 from cvss import CVSS3
 
-from rewards.extraction import (
+from secreason.rewards.extraction import (
     CVSS_PATTERNS,
     CWE_PATTERNS,
     MCQ_PATTERNS,

@@ -2,15 +2,15 @@
 
 import pytest
 
-from rewards.format_penalty import (
+from secreason.rewards.format_penalty import (
     NoPenalty,
     RequireThink,
     ThinkQuality,
     prompt_overlap,
     repeat_fraction,
 )
-from rewards.mcqa import MCQAReward
-from rewards.sets import RewardSet
+from secreason.rewards.mcqa import MCQAReward
+from secreason.rewards.sets import RewardSet
 
 PROMPT = ("Given the following question and four candidate answers (A, B, C and D), choose the best "
           "answer. Which weakness lets user input change an SQL query? A. CWE-79 B. CWE-89 C. CWE-22 D. CWE-787")

@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 import secreason.modules.grpo as grpo_mod
-from callbacks.hf_sampler import HFSampler
-from callbacks.sampler import SamplerCallback, completions_to_rollout
+from secreason.callbacks.hf_sampler import HFSampler
+from secreason.callbacks.sampler import SamplerCallback, completions_to_rollout
 from secreason.algos import LOSS_AGG, KL_ESTIMATORS
 from secreason.data.chat import encode_prompt
 from secreason.data.prompts import PromptDataModule

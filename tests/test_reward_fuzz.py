@@ -12,13 +12,13 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rewards import extraction as ex
-from rewards.attack import ATTACKReward
-from rewards.cvss_score import CVSSReward
-from rewards.cwe import CWEReward
-from rewards.format_penalty import RequireThink, ThinkQuality
-from rewards.math_answer import MathReward
-from rewards.mcqa import MCQAReward
+from secreason.rewards import extraction as ex
+from secreason.rewards.attack import ATTACKReward
+from secreason.rewards.cvss_score import CVSSReward
+from secreason.rewards.cwe import CWEReward
+from secreason.rewards.format_penalty import RequireThink, ThinkQuality
+from secreason.rewards.math_answer import MathReward
+from secreason.rewards.mcqa import MCQAReward
 
 GOLDS = {"mcqa": "B", "cwe": "CWE-79", "cvss": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
          "attack": "T1059, T1566", "math": "12"}

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from rewards import Reward
-from rewards.attack import ATTACKReward
-from rewards.cvss_score import CVSSReward
-from rewards.cwe import CWEReward, load_hierarchy
-from rewards.format_penalty import RequireThink, ThinkQuality
-from rewards.math_answer import MathReward
-from rewards.mcqa import MCQAReward
-from rewards.score import build_reward_set
-from rewards.sets import RewardSet
-from rewards.timeout import RewardTimeout, run_with_time_limit
+from secreason.rewards import Reward
+from secreason.rewards.attack import ATTACKReward
+from secreason.rewards.cvss_score import CVSSReward
+from secreason.rewards.cwe import CWEReward, load_hierarchy
+from secreason.rewards.format_penalty import RequireThink, ThinkQuality
+from secreason.rewards.math_answer import MathReward
+from secreason.rewards.mcqa import MCQAReward
+from secreason.score import build_reward_set
+from secreason.rewards.sets import RewardSet
+from secreason.rewards.timeout import RewardTimeout, run_with_time_limit
 
 REPO = Path(__file__).resolve().parent.parent
 THINK = "<think>The description matches this weakness best, checked against the others.</think>"
@@ -337,18 +337,18 @@ def test_hydra_instantiate_with_omegaconf_nodes_and_uninstantiated_fns():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"_target_": "rewards.sets.RewardSet", "rewards": {"mcqa": {
-        "fn": {"_target_": "rewards.mcqa.MCQAReward"}, "weight": 2, "tasks": ["mcqa"]}}})
+    cfg = OmegaConf.create({"_target_": "secreason.rewards.sets.RewardSet", "rewards": {"mcqa": {
+        "fn": {"_target_": "secreason.rewards.mcqa.MCQAReward"}, "weight": 2, "tasks": ["mcqa"]}}})
     rs = instantiate(cfg, format_penalty=RequireThink())
     assert rs([THINK + "B"], [{"task": "mcqa", "answer": "B"}]).total == [2.0]
-    raw = RewardSet(OmegaConf.create({"mcqa": {"fn": {"_target_": "rewards.mcqa.MCQAReward"}, "tasks": ["mcqa"]}}))
+    raw = RewardSet(OmegaConf.create({"mcqa": {"fn": {"_target_": "secreason.rewards.mcqa.MCQAReward"}, "tasks": ["mcqa"]}}))
     assert raw([THINK + "B"], [{"task": "mcqa", "answer": "B"}]).total == [1.0]
 
 
 # --- score CLI -----------------------------------------------------------------------------
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=f"src{os.pathsep}.")
-    return subprocess.run([sys.executable, "-m", "rewards.score", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "secreason.score", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks.hf_sampler import HFSampler
-from callbacks.sampler import SamplerCallback, completions_to_rollout, cut_at_eos, left_pad
+from secreason.callbacks.hf_sampler import HFSampler
+from secreason.callbacks.sampler import SamplerCallback, completions_to_rollout, cut_at_eos, left_pad
 from secreason.data.chat import encode_prompt
 from secreason.rollout import Rollout
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from callbacks.vllm_sampler import INSTALL_HINT, VLLMNotInstalled, VLLMSampler, hf_weights, save_policy
+from secreason.callbacks.vllm_sampler import INSTALL_HINT, VLLMNotInstalled, VLLMSampler, hf_weights, save_policy
 from secreason.data.chat import render_ids
 from secreason.models import load_causal_lm, wrap_lora
 from secreason.modules.logprobs import completion_logprobs
@@ -277,7 +277,7 @@ def test_missing_vllm_is_one_clear_error(monkeypatch, compose_train, capsys):
     assert isinstance(err.value, ValueError)
 
     cfg = compose_train("+experiment=grpo", "sampler=vllm")
-    assert cfg.sampler._target_ == "callbacks.vllm_sampler.VLLMSampler"
+    assert cfg.sampler._target_ == "secreason.callbacks.vllm_sampler.VLLMSampler"
     with pytest.raises(SystemExit) as ex:
         run_or_exit(lambda: instantiate(cfg.sampler))
     assert ex.value.code == 2

@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import torch
 
-from callbacks.hf_sampler import HFSampler
+from secreason.callbacks.hf_sampler import HFSampler
 from secreason.data.chat import encode_prompt
 from secreason.modules.rollout_stats import rollout_metrics
 

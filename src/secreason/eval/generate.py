@@ -1,6 +1,6 @@
 """Completions for chat messages through the training samplers (`callbacks/*_sampler.py`).
 
-`backend=auto` takes vLLM when both the `vllm` package and `callbacks.vllm_sampler` are importable,
+`backend=auto` takes vLLM when both the `vllm` package and `secreason.callbacks.vllm_sampler` are importable,
 else HF generate; `hf` and `vllm` force one. Sampling settings come from `cfg.sampler`, whose
 defaults eval.yaml takes from the protocol.
 """
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def resolve_backend(name: str) -> str:
     if name == "auto":
-        have = all(importlib.util.find_spec(m) is not None for m in ("vllm", "callbacks.vllm_sampler"))
+        have = all(importlib.util.find_spec(m) is not None for m in ("vllm", "secreason.callbacks.vllm_sampler"))
         return "vllm" if have else "hf"
     if name not in ("hf", "vllm"):
         raise EvalError(f"backend={name!r} unknown; choose auto, hf or vllm")
@@ -48,7 +48,7 @@ class Generator:
         # it; HF generate has no such limit (RoPE runs past max_position_embeddings): no cap there.
         self.context = 0
         if self.backend == "vllm":
-            from callbacks.vllm_sampler import VLLMSampler
+            from secreason.callbacks.vllm_sampler import VLLMSampler
 
             extra = OmegaConf.to_container(cfg.vllm, resolve=True)
             # Prompt + completion tokens, never beyond the model's own context (vLLM refuses that).
@@ -61,7 +61,7 @@ class Generator:
             self.sampler.model = None
             del model
         else:
-            from callbacks.hf_sampler import HFSampler
+            from secreason.callbacks.hf_sampler import HFSampler
 
             self.sampler = HFSampler(**common, batch_size=s.get("batch_size")).bind(model, self.tokenizer)
         self.prompts_per_call = int(s.get("prompts_per_call") or 64)

@@ -16,7 +16,7 @@ from typing import Any, Callable, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
-from rewards.extraction import split_think
+from secreason.rewards.extraction import split_think
 from secreason.eval import EvalError, benchmarks, harmbench, metrics, prompts, report_table
 from secreason.eval import scoring_ctibench, scoring_report
 from secreason.eval.benchmarks import Benchmark, Item

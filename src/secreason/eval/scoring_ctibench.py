@@ -1,6 +1,6 @@
 """The CTIBench paper's own rules (shared/data/ctibench/SCORING.md): per-item scores and aggregates.
 
-Extraction is upstream's (`rewards.extraction.ctibench_*`). The denominators are upstream's too,
+Extraction is upstream's (`secreason.rewards.extraction.ctibench_*`). The denominators are upstream's too,
 and they differ by task:
 - mcq, rcm  `accuracy` = correct / valid: an answer upstream's validity test rejects (no letter,
             no `CWE-`, an API error string, an empty cell) leaves the denominator. `invalid`
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards import extraction as ex
+from secreason.rewards import extraction as ex
 from secreason.eval import metrics
 from secreason.eval.benchmarks import Item
 

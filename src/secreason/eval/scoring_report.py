@@ -1,6 +1,6 @@
 """The report's protocol (Cisco FAITH, shared/data/PROTOCOLS.md): per-item scores and aggregates.
 
-All extraction goes through `rewards.extraction` (the one answer parser). Every aggregate here
+All extraction goes through `secreason.rewards.extraction` (the one answer parser). Every aggregate here
 divides by all items: an answer that cannot be extracted is wrong, never dropped.
 
 - mcq, rcm  `accuracy` counts a correct answer only when it was extracted in the proper format,
@@ -20,7 +20,7 @@ import dataclasses
 
 from typing import Any
 
-from rewards import extraction as ex
+from secreason.rewards import extraction as ex
 from secreason.eval import metrics
 from secreason.eval.benchmarks import Item
 

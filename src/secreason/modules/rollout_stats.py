@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards.extraction import split_think
+from secreason.rewards.extraction import split_think
 from secreason.rollout import Rollout
 
 NEAR_EMPTY_TOKENS = 2

@@ -1,6 +1,6 @@
 """Score completions offline with a reward set and a format penalty, exactly as GRPO would.
 
-    python -m rewards.score --rewards cyber --format-penalty think_quality --input rows.jsonl
+    python -m secreason.score --rewards cyber --format-penalty think_quality --input rows.jsonl
 
 Input: JSONL rows `{"task", "prompt", "completion", "answer", ...}`. Output: one JSON object
 per row on stdout, with `total`, `correctness`, `format_penalty`, `penalty_reasons` and one key
@@ -23,7 +23,7 @@ from typing import Any
 
 from secreason.data.jsonl import iter_jsonl
 
-DEFAULT_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 REQUIRED_KEYS = ("task", "completion", "answer")
 
 
@@ -94,7 +94,7 @@ def _objects(result) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rewards.score", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m secreason.score", description=__doc__.split("\n")[0])
     parser.add_argument("--rewards", default="cyber", help="config name in conf/rewards")
     parser.add_argument("--format-penalty", default="none", help="config name in conf/format_penalty")
     parser.add_argument("--input", required=True, type=Path, help="JSONL rows {task, prompt, completion, answer}")
