@@ -64,6 +64,7 @@ class NoPenalty:
     """No format penalty: the report's naive GRPO, the arm where the hack appears."""
 
     penalty = 0.0
+    REASONS: tuple[str, ...] = ()
 
     def __call__(self, completions: Sequence[str], prompts: Sequence[str] | None = None,
                  **columns: Any) -> list[float]:
@@ -84,6 +85,9 @@ class RequireThink:
     tag (Foundation-Sec-8B-Reasoning's does), completions start inside the think block and only
     close it; set it False there, or every completion is penalised.
     """
+
+    # Every reason `safe_reasons` can give: each is logged by name (as 0 when it did not fire).
+    REASONS: tuple[str, ...] = ("not_text", "no_think", "unclosed_think", "missing_open_tag", "empty_think")
 
     def __init__(self, penalty: float = -1.0,
                  think_tags: Sequence[str] | None = DEFAULT_THINK_TAGS,
@@ -115,8 +119,8 @@ class RequireThink:
 
     def safe_reasons(self, completion: Any, prompt: Any = None) -> list[str]:
         """`reasons` that never raises: a non-string completion is "not_text"; a check that
-        fails or overruns is counted in `stats` and does not penalise (it is our bug, not the
-        model's)."""
+        fails or overruns is counted in `stats` (timeouts, errors) and does not penalise (it is
+        our bug, not the model's)."""
         if not isinstance(completion, str):
             return ["not_text"]
         prompt_text = prompt if isinstance(prompt, str) else None
@@ -130,9 +134,7 @@ class RequireThink:
                 log.exception("%s failed on one completion; not penalising it", type(self).__name__)
             self.stats["errors"] += 1
             return []
-        for reason in found:
-            self.stats[reason] += 1
-        return found
+        return found  # reasons are the result, not stats: RewardResult.metrics logs them per batch
 
     def reasons(self, completion: str, prompt: str | None = None) -> list[str]:
         return self._tag_reasons(split_think(completion, self.think_tags))
@@ -163,6 +165,9 @@ class ThinkQuality(RequireThink):
       think tags inside the answer (a second think block, stray tags) — the answer is not
       where the format puts it.
     """
+
+    REASONS = RequireThink.REASONS + ("short_think", "copies_prompt", "repetitive_think", "no_answer_after_think",
+                                      "text_before_think", "tags_in_answer")
 
     def __init__(self, penalty: float = -1.0,
                  think_tags: Sequence[str] | None = DEFAULT_THINK_TAGS,

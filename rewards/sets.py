@@ -13,7 +13,12 @@ Meaning of each number, per row (`RewardResult`):
 - total = correctness + format_penalty, the training reward.
 A row whose task no reward covers gets correctness 0, is marked `routed=False` and counted in
 `stats["unrouted"]`; a reward value that is None, NaN or not a number becomes 0 and is counted
-in `stats["invalid/<name>"]`. Nothing is ever NaN (peer-bugs §2).
+in `stats["<name>/invalid"]`. Nothing is ever NaN (peer-bugs §2).
+
+`RewardResult.stats` holds this batch's counts only: the set's own (unrouted, invalid) and what
+each reward and the penalty added to its `stats` Counter during this call (timeouts, errors,
+non_string, missing_gold, …), as "<name>/<stat>". `RewardResult.metrics()` is the one place that
+turns a result into logged numbers (see its docstring for the names).
 """
 
 from __future__ import annotations
@@ -45,27 +50,66 @@ class RewardResult:
     penalised: list[bool]
     routed: list[bool]  # False: no reward covers the row's task
     penalty_reasons: list[list[str]] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)  # this batch's counts, "<name>/<stat>" or "unrouted"
+    reason_names: tuple[str, ...] = ()  # every reason the penalty can give (its REASONS), fired or not
 
-    def metrics(self, prefix: str = "train/reward") -> dict[str, float]:
-        """Batch means for logging; each reward is averaged over the rows routed to it only
-        (a reward with no routed row in the batch is left out rather than logged as 0)."""
+    def metrics(self, group_index: Sequence[int] | None = None) -> dict[str, float]:
+        """The batch's numbers for logging:
+
+        train/reward/{total,correctness,format_penalty}   batch means
+        train/reward/<name>          mean over the rows routed to that reward only (left out when none is)
+        train/reward/std             mean over groups (`group_index`, one id per row) of the group's
+                                     unbiased reward std, the spread group_norm divides by
+        train/format_penalty_rate    fraction of rows penalised
+        train/penalty/<reason>       fraction of rows where that penalty reason fired (each of
+                                     `reason_names`, 0 when it did not)
+        train/reward_stats/<key>     `stats`: counts in this batch, e.g. mcqa/timeouts, unrouted
+        """
         n = len(self.total)
-        out = {
-            f"{prefix}/total": _mean(self.total),
-            f"{prefix}/correctness": _mean(self.correctness),
-            f"{prefix}/format_penalty": _mean(self.format_penalty),
-            f"{prefix}/penalised_frac": _mean([float(p) for p in self.penalised]),
-            f"{prefix}/unrouted": float(n - sum(self.routed)),
-        }
+        out = {"train/reward/total": _mean(self.total), "train/reward/correctness": _mean(self.correctness),
+               "train/reward/format_penalty": _mean(self.format_penalty),
+               "train/format_penalty_rate": _mean([float(p) for p in self.penalised])}
         for name, values in self.per_reward.items():
             scored = [v for v in values if v is not None]
             if scored:
-                out[f"{prefix}/{name}"] = _mean(scored)
+                out[f"train/reward/{name}"] = _mean(scored)
+        if group_index is not None:
+            out["train/reward/std"] = mean_group_std(self.total, group_index)
+        fired = Counter(reason for reasons in self.penalty_reasons for reason in set(reasons))
+        out.update({f"train/penalty/{reason}": fired[reason] / n for reason in {*self.reason_names, *fired}})
+        out.update({f"train/reward_stats/{key}": float(count) for key, count in self.stats.items()})
         return out
 
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def mean_group_std(values: Sequence[float], group_index: Sequence[int]) -> float:
+    """Mean over groups of each group's unbiased std (a group of one has spread 0)."""
+    if len(values) != len(group_index):
+        raise ValueError(f"{len(group_index)} group ids for {len(values)} values")
+    groups: dict[int, list[float]] = {}
+    for value, group in zip(values, group_index):
+        groups.setdefault(int(group), []).append(value)
+    stds = []
+    for members in groups.values():
+        mean = _mean(members)
+        spread = sum((v - mean) ** 2 for v in members) / (len(members) - 1) if len(members) > 1 else 0.0
+        stds.append(math.sqrt(spread))
+    return _mean(stds)
+
+
+# Counters logged for every reward and penalty that keeps `stats`, 0 when nothing happened, so a
+# chart of them exists before the first failure; any other counter is logged from its first count on.
+ALWAYS_COUNTED = ("timeouts", "errors")
+
+
+def counted_since(counter: Any, before: Mapping[str, int]) -> Counter[str]:
+    """What `counter` (a reward's `stats`, or None) gained since the snapshot `before`."""
+    if not isinstance(counter, Mapping):
+        return Counter()
+    return +Counter({key: counter[key] - before.get(key, 0) for key in counter})  # + drops the zeros
 
 
 def _plain(value: Any) -> Any:
@@ -113,7 +157,8 @@ class RewardSet:
                 raise ValueError(f"reward name {name!r} is reserved")
             self.rewards[str(name)] = _routed_reward(str(name), spec)
         self.format_penalty = format_penalty
-        self.stats: Counter[str] = Counter()
+        # every counter key a reward has ever reported: logged (as 0) in the batches it stays quiet
+        self._stat_keys: dict[str, set[str]] = {}
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -127,52 +172,75 @@ class RewardSet:
         correctness = [0.0] * n
         routed = [False] * n
         per_reward: dict[str, list[float | None]] = {}
+        stats: Counter[str] = Counter()
         for name, reward in self.rewards.items():
             index = [i for i in range(n) if tasks[i] in reward.tasks]
             per_reward[name] = [None] * n
             if not index:
                 continue
-            scores = self._run(name, reward.fn, [completions[i] for i in index], [rows[i] for i in index])
+            scores = self._run(name, reward.fn, [completions[i] for i in index], [rows[i] for i in index], stats)
             for i, score in zip(index, scores):
                 per_reward[name][i] = score
                 correctness[i] += reward.weight * score
                 routed[i] = True
-        self.stats["unrouted"] += n - sum(routed)
-        penalties, reasons = self._penalise(completions, rows)
+        stats["unrouted"] = n - sum(routed)
+        penalties, reasons = self._penalise(completions, rows, stats)
         total = [c + p for c, p in zip(correctness, penalties)]
-        return RewardResult(total, correctness, penalties, per_reward,
-                            [p != 0.0 for p in penalties], routed, reasons)
+        return RewardResult(total, correctness, penalties, per_reward, [p != 0.0 for p in penalties], routed,
+                            reasons, dict(stats), tuple(getattr(self.format_penalty, "REASONS", ())))
 
-    def _run(self, name: str, fn: Callable, completions: list[str], rows: list[Mapping]) -> list[float]:
+    def _counted(self, name: str, fn: Any, call: Callable[[], Any], stats: Counter[str]) -> Any:
+        """`call()`; what it added to `fn.stats` goes into this batch's `stats`."""
+        before = Counter(getattr(fn, "stats", None) or {})
+        out = call()
+        self._report(name, counted_since(getattr(fn, "stats", None), before), stats,
+                     ALWAYS_COUNTED if hasattr(fn, "stats") else ())
+        return out
+
+    def _report(self, name: str, gained: Mapping[str, int], stats: Counter[str], always: Sequence[str] = ()) -> None:
+        """Add `gained` to `stats` as "<name>/<key>", with 0 for every key this reward ever reported."""
+        keys = self._stat_keys.setdefault(name, set())
+        keys.update(always, gained)
+        for key in keys:
+            stats[f"{name}/{key}"] += gained.get(key, 0)
+
+    def _run(self, name: str, fn: Callable, completions: list[str], rows: list[Mapping],
+             stats: Counter[str]) -> list[float]:
         keys = {k for row in rows for k in row.keys()} - _NOT_COLUMNS
         columns = {k: [row.get(k) for row in rows] for k in keys}
-        values = list(fn(completions, **columns))
+        values = list(self._counted(name, fn, lambda: fn(completions, **columns), stats))
         if len(values) != len(completions):
             raise ValueError(f"reward {name!r} returned {len(values)} scores for {len(completions)}")
-        return [self._clean(name, v) for v in values]
+        return self._clean(name, values, stats)
 
-    def _clean(self, name: str, value: Any) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if math.isfinite(number):
-            return number
-        self.stats[f"invalid/{name}"] += 1
-        return 0.0
+    def _clean(self, name: str, values: Sequence[Any], stats: Counter[str]) -> list[float]:
+        """Finite floats; anything else becomes 0 and is counted as "<name>/invalid"."""
+        clean, invalid = [], 0
+        for value in values:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            invalid += not math.isfinite(number)
+            clean.append(number if math.isfinite(number) else 0.0)
+        self._report(name, {"invalid": invalid} if invalid else {}, stats)
+        return clean
 
-    def _penalise(self, completions: Sequence[str], rows: Sequence[Mapping]) -> tuple[list[float], list[list[str]]]:
+    def _penalise(self, completions: Sequence[str], rows: Sequence[Mapping],
+                  stats: Counter[str]) -> tuple[list[float], list[list[str]]]:
         """A penalty with `assess` (ours) gives its reasons too; any other callable only values."""
         n = len(completions)
-        if self.format_penalty is None:
+        penalty_fn = self.format_penalty
+        if penalty_fn is None:
             return [0.0] * n, [[] for _ in range(n)]
         prompts = [row.get("prompt") for row in rows]
-        assess = getattr(self.format_penalty, "assess", None)
-        if assess is not None:
-            reasons = assess(completions, prompts=prompts)
-            penalty = float(self.format_penalty.penalty)
+        if hasattr(penalty_fn, "assess"):
+            reasons = self._counted("format_penalty", penalty_fn,
+                                    lambda: penalty_fn.assess(completions, prompts=prompts), stats)
+            penalty = float(penalty_fn.penalty)
             return [penalty if found else 0.0 for found in reasons], reasons
-        values = [self._clean("format_penalty", v) for v in self.format_penalty(completions, prompts=prompts)]
+        raw = self._counted("format_penalty", penalty_fn, lambda: penalty_fn(completions, prompts=prompts), stats)
+        values = self._clean("format_penalty", list(raw), stats)
         if len(values) != n:
             raise ValueError(f"format penalty returned {len(values)} values for {n}")
         return values, [[] for _ in range(n)]

@@ -19,6 +19,11 @@ Fixtures (session scope unless noted)
     tokenizer         the tiny tokenizer, loaded with `secreason.models.load_tokenizer` (shared: do not
                       mutate it).
     tiny_model        (function scope) a fresh `load_causal_lm(tiny_model_dir)`, yours to train/mutate.
+    benchmark_data_dir  Path of the benchmark data folder (ctibench/, seceval/, ...): $SECREASON_DATA_DIR,
+                      the same variable `paths.data_dir` reads. Tests that need the data skip with the
+                      reason when it is unset or holds no ctibench/ (a clone has no data; .ci/run sets
+                      the variable to the shared/data beside the clone). Function-level marker:
+                      `pytest.mark.usefixtures("benchmark_data_dir")`.
     synth_dir         Path of the default synthetic data set (`ensure_synth` with conf/data/synth.yaml's
                       settings, so `train.py` runs in the same session reuse it): sft.jsonl,
                       rl_train.jsonl, rl_test.jsonl.
@@ -96,11 +101,21 @@ def tiny_model(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def benchmark_data_dir() -> Path:
+    env = os.environ.get("SECREASON_DATA_DIR")
+    if not env:
+        pytest.skip("no benchmark data: SECREASON_DATA_DIR is unset (.ci/run sets it to ../shared/data)")
+    path = Path(env).expanduser()
+    if not (path / "ctibench").is_dir():
+        pytest.skip(f"no benchmark data: SECREASON_DATA_DIR={env} has no ctibench/")
+    return path
+
+
+@pytest.fixture(scope="session")
 def synth_dir(secreason_cache) -> Path:
     from secreason.data.synth_cache import ensure_synth
 
-    data_dir = os.environ.get("SECREASON_DATA_DIR", str(REPO / ".." / "shared" / "data"))
-    return Path(ensure_synth(str(secreason_cache), data_dir=data_dir))
+    return Path(ensure_synth(str(secreason_cache)))
 
 
 @pytest.fixture(scope="session")

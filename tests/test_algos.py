@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from secreason.algos import (
-    ADVANTAGES, KL_ESTIMATORS, LOSS_AGG, Registry, StepNorm, UnknownNameError, clipped_surrogate,
-    masked_mean, truncated_is_weights, zero_std_groups,
+    ADVANTAGES, KL_ESTIMATORS, LOSS_AGG, OVERLONG_MODES, Registry, StepNorm, UnknownNameError, clipped_surrogate,
+    masked_mean, overlong_adjust, truncated_is_weights, zero_std_groups,
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -32,26 +32,49 @@ def close(a, b, atol=1e-5):
 
 # ---------------------------------------------------------------- registry
 
-def test_registry_unknown_name_lists_valid_names_on_one_line():
-    for reg, valid in [(ADVANTAGES, ["group_mean", "group_norm", "rloo"]),
-                       (KL_ESTIMATORS, ["k1", "k2", "k3"]),
-                       (LOSS_AGG, ["sample_mean", "seq_sum", "seq_sum_norm", "token_mean"])]:
+def test_registry_unknown_name_is_one_config_error_line_naming_the_key():
+    """Every registry a config picks from: an unknown name fails as `key='nope' unknown; choose one
+    of: …` (the wording of an unknown group option), a ConfigError that is also a KeyError."""
+    from secreason.errors import ConfigError
+    from secreason.eval.harmbench import GUARDS, JUDGES
+    from secreason.optim import OPTIMIZERS, SCHEDULES
+
+    for reg, key, valid in [(ADVANTAGES, "advantage", ["group_mean", "group_norm", "rloo"]),
+                            (KL_ESTIMATORS, "algorithm.kl.estimator", ["k1", "k2", "k3"]),
+                            (LOSS_AGG, "loss_agg", ["sample_mean", "seq_sum", "seq_sum_norm", "token_mean"]),
+                            (OVERLONG_MODES, "algorithm.overlong.mode", ["mask", "none", "soft_penalty"]),
+                            (OPTIMIZERS, "algorithm.optim.name", ["adamw", "adamw8bit", "sgd"]),
+                            (SCHEDULES, "algorithm.scheduler.name", ["constant", "cosine"]),
+                            (JUDGES, "judge", ["harmbench", "llama_guard3", "refusal"]),
+                            (GUARDS, "guard", ["llama_guard3", "none"])]:
         assert reg.names() == valid
         with pytest.raises(UnknownNameError) as e:
             reg.get("nope")
-        msg = str(e.value)
-        assert "\n" not in msg and "'nope'" in msg and ", ".join(valid) in msg
-        assert isinstance(e.value, KeyError) and isinstance(e.value, ValueError)
+        assert str(e.value) == f"{key}='nope' unknown; choose one of: {', '.join(valid)}"
+        assert isinstance(e.value, ConfigError) and isinstance(e.value, KeyError) and isinstance(e.value, ValueError)
 
 
 def test_registry_register_get_and_duplicates():
-    reg: Registry = Registry("thing")
+    reg: Registry = Registry("thing", key="things.name")
     f = reg.register("a")(lambda: 1)
     assert reg.get("a") is f and "a" in reg and reg.names() == ["a"]
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(lambda: 2)
-    with pytest.raises(ValueError, match="valid names: a"):
+    with pytest.raises(ValueError, match=r"^things\.name=\['unhashable'\] unknown; choose one of: a$"):
         reg.get(["unhashable"])
+
+
+def test_overlong_modes_by_name_match_their_functions():
+    """overlong_adjust is the registry lookup: each name runs its own function (the arithmetic is
+    checked by hand in tests/test_grpo.py::test_overlong_adjust_by_hand)."""
+    rewards, mask = t([1.0, 1.0]), t([[1, 1, 1, 1], [1, 1, 0, 0]])
+    truncated = torch.tensor([True, False])
+    for mode in OVERLONG_MODES.names():
+        got = overlong_adjust(rewards, mask, truncated, mode, max_len=4, buffer=2, penalty=1.0)
+        want = OVERLONG_MODES.get(mode)(rewards, mask, truncated, 4, 2, 1.0)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), mode
+    assert overlong_adjust(rewards, mask, truncated, "mask", 4)[1].tolist() == [[0, 0, 0, 0], [1, 1, 0, 0]]
+    assert overlong_adjust(rewards, mask, truncated, "soft_penalty", 4, 2)[0].tolist() == [0.0, 1.0]
 
 
 def test_hydra_configs_name_every_registered_option():

@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from secreason.models import DTYPES, resolve_model_path
-from secreason.run import build_model, build_module, instantiate_dict
+from secreason.run import build_model, build_module, check_trainer_for, instantiate_dict
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -172,12 +172,8 @@ class Parts:
 
     def algorithm(self):
         model, tok = self.model_and_tokenizer()
-        if self.cfg.algorithm.name == "grpo":
-            from secreason.modules import grpo_build
-
-            if hasattr(grpo_build, "validate"):
-                grpo_build.validate(self.cfg)
         module = build_module(self.cfg, model, tok)
+        check_trainer_for(module, self.cfg.trainer)
         assert isinstance(module, L.LightningModule)
         algo = self.cfg.algorithm
         if "optim" in algo:
@@ -218,8 +214,9 @@ class Parts:
         p = self.cfg.paths
         assert Path(p.root_dir) == REPO
         assert p.cache_dir == os.environ["SECREASON_CACHE"]
+        assert p.data_dir == os.environ.get("SECREASON_DATA_DIR")  # no default: a clone has no benchmark data
         for key in p:
-            assert p[key], key
+            assert p[key] or key == "data_dir", key
 
     def generic(self, group: str):
         node = OmegaConf.select(self.cfg, group.replace("/", "."))
@@ -282,8 +279,8 @@ def build_group(cfg: DictConfig, group: str, option: str, parts: Parts) -> None:
         parts.generic(group)
         from secreason.eval import runner
 
-        if not Path(cfg.data_dir).is_dir():
-            pytest.skip(f"no benchmark data at {cfg.data_dir}")
+        if cfg.data_dir is None or not Path(cfg.data_dir).is_dir():
+            pytest.skip(f"no benchmark data at data_dir={cfg.data_dir} (set SECREASON_DATA_DIR)")
         runner.validate(cfg)
     else:  # GRPO pieces and groups this file does not know: their targets + the module using them
         parts.generic(group)
@@ -410,6 +407,141 @@ def test_adamw8bit_option(composed, tiny_model_dir, mini_data):
     from secreason.optim import build_optimizer
 
     assert isinstance(build_optimizer(module.parameters(), **cfg.algorithm.optim), bnb.optim.AdamW8bit)
+
+
+# --- construction: one path for every module, each value checked once, one think_tags key -------------
+
+ALGORITHMS = sorted(p.stem for p in (CONF / "algorithm").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_build_module_only_instantiates_the_algorithm_module_node(composed, algorithm):
+    """run.build_module is the same one line for SFT and GRPO: whatever `algorithm.module` names is
+    called with the model and tokenizer, and nothing is added or re-cast on the way."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    cfg = composed("train", [f"+experiment={base_experiment('algorithm', algorithm)}", f"algorithm={algorithm}"])
+    node = cfg.algorithm.module
+    args = {k for k in node if not k.startswith("_")}
+    params = inspect.signature(get_class(node._target_)).parameters
+    assert args <= set(params), f"{algorithm}: {args - set(params)} are not {node._target_} arguments"
+    required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
+    assert required <= args | {"model", "tokenizer"}, algorithm
+    node._target_ = "builtins.dict"  # a stand-in that returns exactly what it was called with
+    built = build_module(cfg, "MODEL", "TOKENIZER")
+    assert set(built) == args | {"model", "tokenizer"}
+    assert (built["model"], built["tokenizer"]) == ("MODEL", "TOKENIZER")
+    plain = {k: OmegaConf.to_container(node, resolve=True)[k] for k in args if k != "reward_set"}
+    assert {k: built[k] for k in plain} == plain
+
+
+def test_grpo_module_takes_the_reward_set_and_keys_of_its_groups(composed, tiny_model_dir, mini_data):
+    from secreason.rewards.format_penalty import RequireThink
+    from secreason.rewards.sets import RewardSet
+
+    cfg = composed("train", ["+experiment=grpo", "rewards=mcqa_only", "format_penalty=require_think",
+                             "loss_agg=token_mean", "advantage=rloo", "sampler.max_tokens=17"])
+    module = Parts(cfg, tiny_model_dir, mini_data).algorithm()
+    assert isinstance(module.reward_set, RewardSet) and list(module.reward_set.rewards) == ["mcqa"]
+    assert isinstance(module.reward_set.format_penalty, RequireThink)
+    from secreason.algos import ADVANTAGES, LOSS_AGG
+
+    assert module.loss_agg is LOSS_AGG.get("token_mean") and module.advantage_fn is ADVANTAGES.get("rloo")
+    assert module.max_len == 17
+
+
+GRPO_BAD = [
+    ("algorithm.kl.beta=-1", "algorithm.kl.beta=-1.0: must be ≥ 0"),
+    ("algorithm.kl.estimator=k9", "algorithm.kl.estimator='k9' unknown; choose one of: k1, k2, k3"),
+    ("algorithm.num_generations=1", "algorithm.num_generations=1: must be ≥ 2"),
+    ("algorithm.updates_per_batch=0", "algorithm.updates_per_batch=0: must be ≥ 1"),
+    ("algorithm.micro_batch_size=0", "algorithm.micro_batch_size=0: must be ≥ 1"),
+    ("algorithm.clip_eps_low=1.5", "algorithm.clip_eps_low=1.5: must be in [0, 1)"),
+    ("algorithm.clip_eps_high=-0.1", "algorithm.clip_eps_high=-0.1: must be ≥ 0"),
+    ("algorithm.is_cap=0", "algorithm.is_cap=0: must be > 0 or null"),
+    ("algorithm.old_logprobs=cached", "algorithm.old_logprobs='cached': choose one of: recompute, sampler"),
+    ("algorithm.overlong.mode=drop", "algorithm.overlong.mode='drop' unknown; choose one of: mask, none, soft_penalty"),
+    ("algorithm.optim.name=adam9", "algorithm.optim.name='adam9' unknown; choose one of: adamw, adamw8bit, sgd"),
+    ("algorithm.optim.lr=0", "algorithm.optim.lr=0: must be > 0"),
+    ("algorithm.scheduler.name=linear", "algorithm.scheduler.name='linear' unknown; choose one of: constant, cosine"),
+]
+
+
+@pytest.mark.parametrize("override,message", GRPO_BAD, ids=[o.split("=")[0] for o, _ in GRPO_BAD])
+def test_bad_grpo_value_fails_when_the_module_is_built(composed, tiny_model, tokenizer, override, message):
+    from secreason.errors import ConfigError
+
+    cfg = composed("train", ["+experiment=grpo", override])
+    with pytest.raises(ConfigError) as e:
+        build_module(cfg, tiny_model, tokenizer)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("override", ["algorithm.optim.name=adam9", "algorithm.scheduler.name=linear"])
+def test_bad_sft_optimizer_fails_when_the_module_is_built(composed, tiny_model, tokenizer, override):
+    from secreason.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]}="):
+        build_module(composed("train", ["+experiment=sft", override]), tiny_model, tokenizer)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=1.0: GRPOModule steps its optimizer by hand"),
+    ("trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2: GRPOModule steps its optimizer by hand"),
+])
+def test_trainer_settings_of_automatic_optimization_fail_with_grpo_only(composed, tiny_model, tokenizer, override,
+                                                                         message):
+    from secreason.errors import ConfigError
+
+    grpo = composed("train", ["+experiment=grpo", override])
+    with pytest.raises(ConfigError) as e:
+        check_trainer_for(build_module(grpo, tiny_model, tokenizer), grpo.trainer)
+    assert str(e.value).startswith(message)
+    sft = composed("train", ["+experiment=sft", override])
+    check_trainer_for(build_module(sft, tiny_model, tokenizer), sft.trainer)  # SFT: Lightning's own settings
+
+
+THINK_TAGS = ("<think>", "</think>")
+
+
+def yaml_strings(node, path: str = ""):
+    """(dotted key, string) of every string value in a loaded YAML tree (comments are not values)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from yaml_strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from yaml_strings(v, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def test_think_tags_are_spelled_only_in_the_root_configs():
+    import yaml
+
+    spelled = []
+    for f in sorted(CONF.rglob("*.yaml")):
+        for key, value in yaml_strings(yaml.safe_load(f.read_text())):
+            if any(tag in value for tag in THINK_TAGS):
+                spelled.append(f"{f.relative_to(CONF)}:{key}")
+    assert sorted(spelled) == [f"{root}.yaml:think_tags[{i}]" for root in ROOTS for i in (0, 1)]
+
+
+def test_one_think_tags_override_reaches_every_user(composed, tiny_model, tokenizer):
+    """`think_tags=[…]` changes the data, every reward, the format penalty, the module and the
+    in-training eval at once."""
+    tags = ["<r>", "</r>"]
+    cfg = composed("train", ["+experiment=grpo", "callbacks=with_eval", "think_tags=[<r>,</r>]"])
+    body = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    users = [key for key, _ in yaml_strings(body) if key.endswith(("think_tags[0]", "think_tags[1]"))]
+    assert {"data.think_tags[0]", "rewards.rewards.mcqa.fn.think_tags[0]", "format_penalty.think_tags[0]",
+            "algorithm.module.think_tags[0]", "callbacks.in_training_eval.think_tags[0]"} <= set(users) or users
+    assert all(OmegaConf.select(cfg, key.replace("[0]", "").replace("[1]", ""))[0] == tags[0] for key in users)
+    module = build_module(cfg, tiny_model, tokenizer)
+    assert module.think_tags == tuple(tags) and module.reward_set.format_penalty.think_tags == tuple(tags)
+    assert all(r.fn.think_tags == tuple(tags) for r in module.reward_set.rewards.values())
 
 
 # --- paths, hydra, sweeps ---------------------------------------------------------------------------

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from secreason.callbacks.eval_callback import EvalCallback
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "ctibench").is_dir(), reason="shared/data is not next to the repo")
+needs_data = pytest.mark.usefixtures("benchmark_data_dir")  # conftest.py: skips when $SECREASON_DATA_DIR has none
 
 
 class _Module:
@@ -24,8 +22,8 @@ class _Module:
 
 
 @needs_data
-def test_runs_every_n_steps_and_logs_val_keys(tiny_model, tokenizer):
-    cb = EvalCallback(benchmarks=["ctibench_mcq", "harmbench"], data_dir=str(DATA), limit=2, every_n_steps=2,
+def test_runs_every_n_steps_and_logs_val_keys(tiny_model, tokenizer, benchmark_data_dir):
+    cb = EvalCallback(benchmarks=["ctibench_mcq", "harmbench"], data_dir=str(benchmark_data_dir), limit=2, every_n_steps=2,
                       max_tokens=4, seeds=2)
     module = _Module(tiny_model.train(), tokenizer)
     cb.setup(None, module, "fit")

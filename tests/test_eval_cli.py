@@ -11,8 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "eval"
-DATA = ROOT.parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "ctibench").is_dir(), reason="shared/data is not next to the repo")
+needs_data = pytest.mark.usefixtures("benchmark_data_dir")  # conftest.py: skips when $SECREASON_DATA_DIR has none
 
 
 def eval_py(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -14,8 +14,7 @@ from secreason.eval.harmbench import is_refusal
 from secreason.eval.taa import ActorGraph
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "ctibench").is_dir(), reason="shared/data is not next to the repo")
+needs_data = pytest.mark.usefixtures("benchmark_data_dir")  # conftest.py: skips when $SECREASON_DATA_DIR has none
 
 
 # ---- files ---------------------------------------------------------------------------------
@@ -49,26 +48,26 @@ def test_jsonl_nulls_become_empty_cells(tmp_path):
                                     ("ctibench_vsp", 1000), ("ctibench_ate", 60), ("ctibench_taa", 50),
                                     ("mmlu_security", 100), ("seceval", 1255), ("secbench_eng", 587),
                                     ("secbench_eng_reasoning", 43), ("harmbench", 400)])
-def test_benchmark_sizes(name, n):
-    assert len(benchmarks.load_items(benchmarks.get(name), DATA)) == n
+def test_benchmark_sizes(name, n, benchmark_data_dir):
+    assert len(benchmarks.load_items(benchmarks.get(name), benchmark_data_dir)) == n
 
 
 @needs_data
-def test_documented_quirks_are_found_and_counted():
-    mcq = benchmarks.load_items(benchmarks.get("ctibench_mcq"), DATA)
+def test_documented_quirks_are_found_and_counted(benchmark_data_dir):
+    mcq = benchmarks.load_items(benchmarks.get("ctibench_mcq"), benchmark_data_dir)
     empty = [it.index for it in mcq if "empty_option" in it.quirks]
     assert empty == [56, 1030, 1309, 1407, 2235]         # SCORING.md's 1-based rows 57, 1031, ...
     assert mcq[56].fields["choices"][3] == "None"        # shown as FAITH's HF load shows it
     assert [it.index for it in mcq if "lowercase_gold" in it.quirks] == [108] and mcq[108].gold == "B"
-    rcm21 = benchmarks.load_items(benchmarks.get("ctibench_rcm_2021"), DATA)
+    rcm21 = benchmarks.load_items(benchmarks.get("ctibench_rcm_2021"), benchmark_data_dir)
     assert rcm21[920].row["Description"].startswith('"Clear History and Website Data"')
-    ate = benchmarks.load_items(benchmarks.get("ctibench_ate"), DATA)
+    ate = benchmarks.load_items(benchmarks.get("ctibench_ate"), benchmark_data_dir)
     assert [it.index for it in ate if "gold_outside_platform_list" in it.quirks] == [8]   # row 9, Agent Smith
-    taa = benchmarks.load_items(benchmarks.get("ctibench_taa"), DATA)
+    taa = benchmarks.load_items(benchmarks.get("ctibench_taa"), benchmark_data_dir)
     assert sum("gold_whitespace" in it.quirks for it in taa) == 16
-    seceval = benchmarks.load_items(benchmarks.get("seceval"), DATA)
+    seceval = benchmarks.load_items(benchmarks.get("seceval"), benchmark_data_dir)
     assert sum("choice_truncated_after_last_colon" in it.quirks for it in seceval) == 55
-    rcm = benchmarks.load_items(benchmarks.get("ctibench_rcm"), DATA)
+    rcm = benchmarks.load_items(benchmarks.get("ctibench_rcm"), benchmark_data_dir)
     assert "stray_spaces_row" in rcm[391].quirks
 
 

@@ -54,7 +54,7 @@ def test_require_think_when_the_template_opens_the_block():
     assert penalty(["the query is injectable</think>Answer: B", "</think>B"]) == [0.0, -0.5]  # 2nd: empty
 
 
-@pytest.mark.parametrize("completion, reasons", [
+THINK_QUALITY_CASES = [
     (HONEST, []),
     (HACK, ["short_think"]),
     ("<think> CWE-861.</think>C", ["short_think"]),     # the demo's bare copied id
@@ -67,7 +67,20 @@ def test_require_think_when_the_template_opens_the_block():
      ["tags_in_answer"]),
     ("<think>No", ["unclosed_think", "short_think"]),
     ("B", ["no_think"]),
-])
+    ("the query is injectable, so B</think>Answer: B", ["missing_open_tag"]),
+    ("<think></think>B", ["empty_think"]),
+]
+
+
+def test_declared_reasons_are_the_ones_that_fire():
+    """REASONS names every reason logged as train/penalty/<reason>: none missing, none that never fires."""
+    fired = {reason for _, reasons in THINK_QUALITY_CASES for reason in reasons}
+    assert fired | {"not_text"} == set(ThinkQuality.REASONS)
+    assert set(RequireThink.REASONS) < set(ThinkQuality.REASONS) and NoPenalty.REASONS == ()
+    assert ThinkQuality().safe_reasons(None) == ["not_text"]
+
+
+@pytest.mark.parametrize("completion, reasons", THINK_QUALITY_CASES)
 def test_think_quality(completion, reasons):
     penalty = ThinkQuality()
     assert penalty.reasons(completion, PROMPT) == reasons
@@ -97,7 +110,8 @@ def test_think_quality_reads_the_prompt_column_and_thresholds_are_fields():
 def test_penalty_never_raises_and_counts():
     penalty = ThinkQuality()
     assert penalty([None, 42, HACK], prompts=[None, 3, PROMPT]) == [-1.0, -1.0, -1.0]
-    assert penalty.stats["short_think"] == 1 and penalty.stats["errors"] == 0
+    assert penalty.assess([None, HACK]) == [["not_text"], ["short_think"]]
+    assert penalty.stats == {}  # reasons are results, not failures: stats count timeouts and errors only
     with pytest.raises(ValueError):
         ThinkQuality(penalty=0.5)
     with pytest.raises(ValueError):

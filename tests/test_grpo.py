@@ -10,8 +10,8 @@ import copy
 import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -29,6 +29,7 @@ from secreason.models import load_causal_lm
 from secreason.modules.grpo import GRPOModule, overlong_adjust
 from secreason.modules.logprobs import completion_logprobs
 from secreason.modules.rollout_stats import rollout_metrics
+from secreason.rewards.sets import RewardResult, RewardSet
 from secreason.rollout import Rollout
 
 MAX_TOKENS = 12
@@ -57,32 +58,48 @@ def text_score(text: str) -> float:
     return (sum(map(ord, text)) % 7) / 6
 
 
+class Scored:
+    """A reward from a plain per-text function, with the `stats` Counter every reward keeps."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.stats = fn, Counter()
+
+    def __call__(self, texts, **columns):
+        return [self.fn(t) for t in texts]
+
+
+class ShortPenalty:
+    """−0.5 for a text under 30 characters, with the reason "too_short" (the `assess` protocol)."""
+
+    penalty, REASONS = -0.5, ("too_short",)
+
+    def assess(self, completions, prompts=None):
+        return [["too_short"] if len(t) < 30 else [] for t in completions]
+
+
 class FakeRewards:
-    """A reward set without parsing: the RewardSet result namespace, with two rewards routed by task.
+    """A RewardSet over rewards without parsing, routed by task:
 
     'chars'  (task alpha) = text_score(text)            'parity' (task beta) = len(text) % 2
-    format penalty −0.5 when the text has fewer than 30 characters.
-    `constant` replaces everything with that total (zero-variance groups). Every result is kept.
+    format penalty −0.5 when the text has fewer than 30 characters (ShortPenalty).
+    `constant` / `totals` replace everything with those totals (zero-variance groups). Every result is kept.
     """
 
     def __init__(self, constant: float | None = None, totals: list[float] | None = None) -> None:
         self.constant, self.totals, self.results = constant, totals, []
+        self.reward_set = RewardSet({
+            "chars": {"fn": Scored(text_score), "tasks": ["alpha"]},
+            "parity": {"fn": Scored(lambda t: float(len(t) % 2)), "tasks": ["beta"]},
+        }, format_penalty=ShortPenalty())
 
     def __call__(self, texts, rows):
         n = len(texts)
-        assert len(rows) == n
         if self.constant is not None or self.totals is not None:
             total = [float(self.constant)] * n if self.constant is not None else list(self.totals)
-            res = SimpleNamespace(total=total, correctness=total, format_penalty=[0.0] * n,
-                                  per_reward={"const": total}, penalised=[False] * n)
+            res = RewardResult(total=total, correctness=total, format_penalty=[0.0] * n,
+                               per_reward={"const": total}, penalised=[False] * n, routed=[True] * n)
         else:
-            chars = [text_score(t) if r["task"] == "alpha" else None for t, r in zip(texts, rows)]
-            parity = [float(len(t) % 2) if r["task"] == "beta" else None for t, r in zip(texts, rows)]
-            correct = [c if c is not None else p for c, p in zip(chars, parity)]
-            pen = [-0.5 if len(t) < 30 else 0.0 for t in texts]
-            res = SimpleNamespace(total=[c + p for c, p in zip(correct, pen)], correctness=correct,
-                                  format_penalty=pen, per_reward={"chars": chars, "parity": parity},
-                                  penalised=[p != 0 for p in pen])
+            res = self.reward_set(texts, rows)
         self.results.append(res)
         return res
 
@@ -222,7 +239,9 @@ def test_rollout_metrics_by_hand():
 LOGGED = ["train/loss", "train/reward/chars", "train/reward/parity", "train/reward/total",
           "train/reward/correctness", "train/kl", "train/clip_frac", "train/entropy",
           "rollout/completion_len_mean", "rollout/think_len_mean", "rollout/think_near_empty_frac",
-          "rollout/zero_std_frac", "rollout/logprob_diff_max", "train/format_penalty_rate", "rollout/kept_frac"]
+          "rollout/zero_std_frac", "rollout/logprob_diff_max", "train/format_penalty_rate", "rollout/kept_frac",
+          "train/reward/std", "train/penalty/too_short", "train/reward_stats/chars/timeouts",
+          "train/reward_stats/parity/errors", "train/reward_stats/unrouted"]
 
 
 def test_three_steps_change_weights_and_log_every_metric(tiny_model, tokenizer, rl_file, tmp_path):
@@ -250,6 +269,10 @@ def test_three_steps_change_weights_and_log_every_metric(tiny_model, tokenizer, 
             vals = routed(res.per_reward[name])
             assert float(row[f"train/reward/{name}"]) == pytest.approx(sum(vals) / len(vals), abs=1e-6)
         assert float(row["train/format_penalty_rate"]) == pytest.approx(sum(res.penalised) / len(res.penalised))
+        assert float(row["train/penalty/too_short"]) == pytest.approx(sum(res.penalised) / len(res.penalised))
+        group_std = torch.tensor(res.total).view(-1, N_GEN).std(dim=1)  # rows are grouped n by n, unbiased
+        assert float(row["train/reward/std"]) == pytest.approx(group_std.mean().item(), abs=1e-6)
+        assert float(row["train/reward_stats/chars/timeouts"]) == 0 and float(row["train/reward_stats/unrouted"]) == 0
         r = step["rollout"]
         assert float(row["rollout/completion_len_mean"]) == pytest.approx(r.completion_lengths.float().mean().item())
         # fp32, same weights: the sampler's logprobs are the trainer's (peer-bugs §4)
@@ -396,17 +419,22 @@ def test_two_updates_per_batch_scheduler_and_step_count(tiny_model, tokenizer, r
 # ------------------------------------------------------------------------------------ LoRA
 
 def test_lora_reference_is_the_base_with_adapters_off(tiny_model_dir, tokenizer, compose_train):
-    from secreason.modules.grpo_build import build_grpo_module
+    from secreason.run import build_module
 
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
     model = load_causal_lm(str(tiny_model_dir), lora=lora)
     cfg = compose_train("+experiment=grpo", "model.lora.r=4", "model.lora.alpha=8")
-    module = build_grpo_module(cfg, model, tokenizer)
+    module = build_module(cfg, model, tokenizer)
     assert module._ref == []  # no frozen copy: the base with adapters off is the reference
     assert sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in model.parameters())
     # full fine-tuning keeps one frozen copy, outside the module tree (not in the checkpoint)
-    full = build_grpo_module(compose_train("+experiment=grpo"), load_causal_lm(str(tiny_model_dir)), tokenizer)
+    full = build_module(compose_train("+experiment=grpo"), load_causal_lm(str(tiny_model_dir)), tokenizer)
     assert len(full._ref) == 1 and not any(p is q for p in full.parameters() for q in full._ref[0].parameters())
+    assert not any(p.requires_grad for p in full._ref[0].parameters())
+    # β = 0 needs no reference at all
+    no_kl = build_module(compose_train("+experiment=grpo", "algorithm.kl.beta=0"), load_causal_lm(str(tiny_model_dir)),
+                         tokenizer)
+    assert no_kl._ref == []
 
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # lora_B starts at 0 (adapters = identity): make them matter

@@ -22,7 +22,7 @@ from secreason.rewards.format_penalty import RequireThink, ThinkQuality
 from secreason.rewards.math_answer import MathReward
 from secreason.rewards.mcqa import MCQAReward
 from secreason.score import build_reward_set
-from secreason.rewards.sets import RewardSet
+from secreason.rewards.sets import RewardResult, RewardSet
 from secreason.rewards.timeout import RewardTimeout, run_with_time_limit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -289,10 +289,11 @@ def test_reward_set_routes_weights_and_marks_unrouted():
     # mcqa row: 1·1 + 2·0.5 = 2; cwe row: 2·0.5 + 1·1 = 2; poetry: unrouted → 0
     assert result.correctness == [2.0, 2.0, 0.0] and result.total == [2.0, 2.0, 0.0]
     assert result.per_reward == {"mcqa": [1.0, None, None], "bonus": [0.5, 0.5, None], "cwe": [None, 1.0, None]}
-    assert result.routed == [True, True, False] and rs.stats["unrouted"] == 1
+    assert result.routed == [True, True, False] and result.stats["unrouted"] == 1
     metrics = result.metrics()
     assert metrics["train/reward/mcqa"] == 1.0 and metrics["train/reward/bonus"] == 0.5  # routed rows only
-    assert metrics["train/reward/unrouted"] == 1.0 and metrics["train/reward/correctness"] == pytest.approx(4 / 3)
+    assert metrics["train/reward_stats/unrouted"] == 1.0
+    assert metrics["train/reward/correctness"] == pytest.approx(4 / 3)
 
 
 def test_reward_set_penalty_and_bad_reward_values_never_nan():
@@ -304,7 +305,53 @@ def test_reward_set_penalty_and_bad_reward_values_never_nan():
     # hack: 1 (mcqa) + 0 (None→0) - 1 = 0; honest: 1 + 0 (NaN→0) + 0 = 1
     assert result.total == [0.0, 1.0] and result.correctness == [1.0, 1.0]
     assert result.penalised == [True, False] and result.penalty_reasons == [["short_think"], []]
-    assert rs.stats["invalid/broken"] == 2
+    assert result.stats["broken/invalid"] == 2
+
+
+def test_reward_result_metrics_by_hand():
+    result = RewardResult(total=[1.0, 0.0, 0.5, 0.5, -1.0], correctness=[1.0, 0.0, 0.5, 0.5, 0.0],
+                          format_penalty=[0.0, 0.0, 0.0, 0.0, -1.0],
+                          per_reward={"a": [1.0, 0.0, None, None, 0.0], "b": [None, None, 0.5, 0.5, None],
+                                      "never": [None] * 5},
+                          penalised=[False, False, False, False, True], routed=[True] * 5,
+                          penalty_reasons=[[], ["short_think"], [], ["short_think", "no_think"], ["no_think"]],
+                          stats={"a/timeouts": 2, "a/errors": 0, "unrouted": 0},
+                          reason_names=("no_think", "short_think", "empty_think"))
+    m = result.metrics(group_index=[0, 0, 1, 1, 2])
+    assert m["train/reward/total"] == pytest.approx(1.0 / 5)
+    assert m["train/reward/correctness"] == pytest.approx(2.0 / 5)
+    assert m["train/reward/format_penalty"] == pytest.approx(-1.0 / 5)
+    assert m["train/format_penalty_rate"] == pytest.approx(1 / 5)
+    assert m["train/reward/a"] == pytest.approx(1 / 3) and m["train/reward/b"] == 0.5 and "train/reward/never" not in m
+    # groups {1, 0}: unbiased std √0.5; {0.5, 0.5}: 0; {-1}: a group of one has no spread → mean √0.5 / 3
+    assert m["train/reward/std"] == pytest.approx(math.sqrt(0.5) / 3)
+    # fractions of rows where each reason fired (a row's reason counts once)
+    assert m["train/penalty/short_think"] == pytest.approx(2 / 5) and m["train/penalty/no_think"] == pytest.approx(2 / 5)
+    assert m["train/penalty/empty_think"] == 0.0  # declared, never fired: logged as 0
+    assert m["train/reward_stats/a/timeouts"] == 2.0 and m["train/reward_stats/a/errors"] == 0.0
+    assert m["train/reward_stats/unrouted"] == 0.0
+    assert "train/reward/std" not in result.metrics()  # no groups given
+
+
+def test_reward_set_stats_are_this_batchs_counts_by_reward():
+    """Each call reports what its rewards counted during that call only, under "<name>/<stat>";
+    timeouts and errors are always there (0), other counters from their first count on."""
+    mcqa, penalty = MCQAReward(), ThinkQuality()
+    rs = RewardSet({"mcqa": {"fn": mcqa, "weight": 1.0, "tasks": ["mcqa"]},
+                    "plain": {"fn": lambda c, **k: ["x"] * len(c), "weight": 1.0, "tasks": ["mcqa"]}},
+                   format_penalty=penalty)
+    row = {"task": "mcqa", "answer": "B", "prompt": "Pick one."}
+    first = rs([THINK + "Answer: B", None, THINK + "Answer: B"], [row, row, {"task": "poetry"}])
+    assert first.stats == {"mcqa/timeouts": 0, "mcqa/errors": 0, "mcqa/non_string": 1,
+                           "plain/invalid": 2, "format_penalty/timeouts": 0, "format_penalty/errors": 0,
+                           "unrouted": 1}
+    assert first.penalty_reasons[1] == ["not_text"] and first.reason_names == ThinkQuality.REASONS
+    second = rs([THINK + "Answer: B"], [row])
+    assert second.stats == {"mcqa/timeouts": 0, "mcqa/errors": 0, "mcqa/non_string": 0,
+                            "plain/invalid": 1, "format_penalty/timeouts": 0, "format_penalty/errors": 0,
+                            "unrouted": 0}
+    assert mcqa.stats["non_string"] == 1  # the reward's own counter keeps the running total
+    assert second.metrics()["train/reward_stats/mcqa/non_string"] == 0.0
 
 
 def test_reward_set_rejects_bad_specs():

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
+import hashlib
+import importlib.resources
 import json
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,10 @@ import pytest
 from secreason.data import synth
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = synth.default_data_dir()
-pytestmark = pytest.mark.skipif(not (DATA_DIR / synth.ATTACK_CATALOG).is_file(),
-                                reason=f"no ATT&CK catalog under {DATA_DIR}")
+CATALOG_TEXT = importlib.resources.files("secreason.data").joinpath(synth.ATTACK_CATALOG).read_text(encoding="utf-8")
+# sha256 of tokenizer_corpus(): the tiny tokenizer and model are trained on it, and ensure_tiny's cache
+# key is tiny.FORMAT_VERSION only. If this changes on purpose, bump FORMAT_VERSION and update it.
+TOKENIZER_CORPUS_SHA256 = "3626dbda5880de0d0193d4e7015dde2bd086e331dbbcd5b84a62bbdf60075b8a"
 
 # Answer formats from docs/CONTRACTS.md, written out here independently of synth.py.
 ANSWER_TEXT = {
@@ -114,8 +119,8 @@ def test_cvss_gold_parses_and_base_score_matches(splits):
 
 
 def test_attack_ids_and_names_come_from_the_catalog(splits):
-    with open(DATA_DIR / synth.ATTACK_CATALOG, encoding="utf-8", newline="") as f:
-        catalog = {r["ID"]: r["Name"] for r in csv.DictReader(f, delimiter="\t")}
+    rows = [line for line in CATALOG_TEXT.splitlines() if not line.startswith("#")]
+    catalog = {r["ID"]: r["Name"] for r in csv.DictReader(rows, delimiter="\t")}
     for row in splits["rl_train"] + splits["rl_test"]:
         if row["task"] == "attack":
             ids = row["answer"].split(", ")
@@ -144,17 +149,34 @@ def test_bad_arguments_raise_value_error(kwargs):
         synth.generate(**kwargs)
 
 
-def test_missing_catalog_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
-        synth.generate(data_dir=tmp_path, n_sft=1, n_rl=0, n_test=0)
-    assert synth.generate(tasks=("math",), data_dir=tmp_path, n_sft=1, n_rl=0, n_test=0)["sft"]
+def test_shipped_catalog_is_mitres_ids_and_names_with_its_notice():
+    notice = "\n".join(line for line in CATALOG_TEXT.splitlines() if line.startswith("#"))
+    assert "© 2024 The MITRE Corporation" in notice
+    assert "reproduced and distributed with the permission of\n# The MITRE Corporation" in notice
+    assert "reproduce MITRE's copyright designation and this\n# license in any such copy" in notice
+    table = [line.split("\t") for line in CATALOG_TEXT.splitlines() if not line.startswith("#")]
+    assert table[0] == ["ID", "Name"] and all(len(row) == 2 for row in table)  # nothing but id and name
+    ids = [tid for tid, _ in table[1:]]
+    assert len(ids) == len(set(ids)) == 202 and all(re.fullmatch(r"T\d{4}", tid) for tid in ids)
+    assert [tid for tid, _ in synth.attack_catalog()] == ids  # every row is used, in file order
 
 
-def test_default_data_dir_honours_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("SECREASON_DATA_DIR", str(tmp_path))
-    assert synth.default_data_dir() == tmp_path
-    monkeypatch.delenv("SECREASON_DATA_DIR")
-    assert synth.default_data_dir() == REPO.parent / "shared" / "data"
+def test_catalog_is_package_data():
+    """A wheel (not only an editable install) must carry the catalog."""
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch.fnmatch(synth.ATTACK_CATALOG, pattern) for pattern in package_data.get("secreason.data", []))
+
+
+def test_bad_catalog_names_its_source():
+    with pytest.raises(ValueError, match=r"cat\.tsv: expected columns ID and Name"):
+        synth.parse_attack_catalog("# notice\nId\tTitle\nT1059\tShell\n", "cat.tsv")
+    with pytest.raises(ValueError, match=r"cat\.tsv: fewer than 2 main techniques"):
+        synth.parse_attack_catalog("ID\tName\nT1059\tShell\nT1059.001\tPowerShell\n", "cat.tsv")
+
+
+def test_tokenizer_corpus_is_unchanged():
+    digest = hashlib.sha256("\n".join(synth.tokenizer_corpus()).encode()).hexdigest()
+    assert digest == TOKENIZER_CORPUS_SHA256, "the tiny tokenizer's corpus changed: bump tiny.FORMAT_VERSION"
 
 
 def test_tokenizer_corpus_covers_the_tasks():
@@ -175,7 +197,7 @@ def _cli(*args):
 def test_cli_writes_the_four_files(tmp_path):
     out = tmp_path / "data"
     proc = _cli("--out", str(out), "--seed", "2", "--n-sft", "50", "--n-rl", "20", "--n-test", "10",
-                "--tasks", "math,cvss", "--data-dir", str(DATA_DIR))
+                "--tasks", "math,cvss")
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "rl_test.jsonl", "rl_train.jsonl", "sft.jsonl"]
@@ -187,9 +209,9 @@ def test_cli_writes_the_four_files(tmp_path):
     assert rows == synth.generate(seed=2, tasks=("math", "cvss"), n_sft=50, n_rl=20, n_test=10)["sft"]
 
 
-def test_cli_bad_data_dir_is_one_line_error(tmp_path):
-    proc = _cli("--out", str(tmp_path / "data"), "--n-sft", "5", "--data-dir", str(tmp_path / "missing"))
-    assert proc.returncode != 0
+def test_cli_bad_tasks_is_one_line_error(tmp_path):
+    proc = _cli("--out", str(tmp_path / "data"), "--n-sft", "5", "--tasks", "math,nope")
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(tmp_path / "missing") in lines[0]
+    assert len(lines) == 1 and "'nope'" in lines[0]
     assert not (tmp_path / "data").exists()

@@ -49,14 +49,13 @@ def heldout(model_dir: Path, overrides: list[str]) -> dict[str, dict[str, float]
 
     from secreason.heldout import heldout_scores
     from secreason.models import load_causal_lm, load_tokenizer
-    from secreason.modules.grpo_build import build_reward_set
 
     cfg = compose(["+experiment=demo_grpo", "format_penalty=none", *overrides])
     tok = load_tokenizer(str(model_dir))
     model = load_causal_lm(str(model_dir)).eval()
     data = instantiate(cfg.data, tokenizer=tok, _convert_="partial")
-    rows, rewards = data.test_rows(), build_reward_set(cfg)
-    kw = dict(max_tokens=int(cfg.sampler.max_tokens), think_tags=tuple(cfg.data.think_tags), seed=int(cfg.seed))
+    rows, rewards = data.test_rows(), instantiate(cfg.rewards)  # with the format_penalty group's penalty
+    kw = dict(max_tokens=int(cfg.sampler.max_tokens), think_tags=tuple(cfg.think_tags), seed=int(cfg.seed))
     return {"sampled": heldout_scores(model, tok, rows, rewards, temperature=float(cfg.sampler.temperature),
                                       samples=4, **kw),
             "greedy": heldout_scores(model, tok, rows, rewards, temperature=0.0, **kw)}

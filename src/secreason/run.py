@@ -10,13 +10,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from secreason.errors import ConfigError
+from secreason.checkpoints import resume_path
 from secreason.models import load_causal_lm, load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A bad config value: the message names the key."""
 
 
 def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
@@ -38,16 +36,27 @@ def build_model(cfg: DictConfig):
 
 
 def build_module(cfg: DictConfig, model, tokenizer) -> L.LightningModule:
-    algo = cfg.algorithm
-    if algo.name == "sft":
-        return instantiate(algo.module)(model=model, tokenizer=tokenizer,
-                                        optim=OmegaConf.to_container(algo.optim, resolve=True),
-                                        scheduler=OmegaConf.to_container(algo.scheduler, resolve=True))
-    if algo.name == "grpo":
-        from secreason.modules.grpo_build import build_grpo_module
+    """`algorithm.module` (a partial `_target_`: conf/algorithm/*.yaml) given the model and tokenizer;
+    the module checks its own arguments."""
+    return instantiate(cfg.algorithm.module)(model=model, tokenizer=tokenizer)
 
-        return build_grpo_module(cfg, model, tokenizer)
-    raise ConfigError(f"algorithm.name={algo.name!r} unknown; choose sft or grpo")
+
+# Trainer settings Lightning rejects for a module that steps its optimizer by hand, with what to use instead.
+MANUAL_OPTIMIZATION_CONFLICTS = (
+    ("gradient_clip_val", None, "set algorithm.max_grad_norm instead (and this to null)"),
+    ("accumulate_grad_batches", 1, "it accumulates over algorithm.micro_batch_size instead; keep 1"),
+)
+
+
+def check_trainer_for(module: L.LightningModule, trainer_cfg: DictConfig) -> None:
+    """Before fit: Lightning's own check comes inside `Trainer.fit`, as a traceback without the key."""
+    if module.automatic_optimization:
+        return
+    for key, allowed, advice in MANUAL_OPTIMIZATION_CONFLICTS:
+        value = trainer_cfg.get(key, allowed)
+        if value != allowed:
+            raise ConfigError(f"trainer.{key}={value!r}: {type(module).__name__} steps its optimizer by hand; "
+                              f"{advice}")
 
 
 def set_threads(n: int | None) -> None:
@@ -56,24 +65,21 @@ def set_threads(n: int | None) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    if cfg.algorithm.name == "grpo":
-        from secreason.modules.grpo_build import validate
-
-        validate(cfg)
+    ckpt_path = resume_path(cfg.get("ckpt_path"))  # a local, weights-only checkpoint, checked before any work
     L.seed_everything(cfg.seed, workers=True)
     set_threads(cfg.get("num_threads"))
     base_path, model, tokenizer = build_model(cfg)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, _convert_="partial")
     module = build_module(cfg, model, tokenizer)
     module.base_model_path = base_path
-    callbacks = instantiate_dict(cfg.get("callbacks"))
-    if cfg.algorithm.name == "grpo":
-        callbacks.append(instantiate(cfg.sampler))
+    check_trainer_for(module, cfg.trainer)
+    # The run's callbacks, then the algorithm's own (GRPO: its rollout sampler).
+    callbacks = instantiate_dict(cfg.get("callbacks")) + instantiate_dict(cfg.algorithm.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     log.info("final metrics: %s", metrics)
     return metrics

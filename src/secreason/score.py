@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from secreason.data.jsonl import iter_jsonl
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 REQUIRED_KEYS = ("task", "completion", "answer")
@@ -61,10 +62,12 @@ def build_reward_set(rewards: str, format_penalty: str, conf_dir: Path = DEFAULT
             known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
             raise InputError(f"unknown {group} config {name!r} in {conf_dir / group} (known: {', '.join(known)})")
     try:
+        # The groups interpolate the root `think_tags` of conf/train.yaml, which this composition lacks.
+        think_tags = "+think_tags=[" + ",".join(f"'{tag}'" for tag in DEFAULT_THINK_TAGS) + "]"
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
             cfg = compose(config_name=None,
-                          overrides=[f"+rewards={rewards}", f"+format_penalty={format_penalty}"])
-        return instantiate(cfg.rewards, format_penalty=instantiate(cfg.format_penalty))
+                          overrides=[f"+rewards={rewards}", f"+format_penalty={format_penalty}", think_tags])
+        return instantiate(cfg.rewards)  # its format_penalty key interpolates the format_penalty group
     except HydraException as exc:
         raise InputError(f"cannot build rewards={rewards} format_penalty={format_penalty}: {exc}") from None
 

@@ -55,7 +55,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     return fast
 
 
-def build(out_dir: str | Path, seed: int = 0, size: str = "tiny", data_dir: str | Path | None = None) -> Path:
+def build(out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Build the model + tokenizer into `out_dir` (written to a temp dir, then renamed)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -65,7 +65,7 @@ def build(out_dir: str | Path, seed: int = 0, size: str = "tiny", data_dir: str 
     if size not in SIZES:
         raise ValueError(f"model size {size!r} unknown; choose one of {sorted(SIZES)}")
     out_dir = Path(out_dir)
-    tokenizer = train_tokenizer(tokenizer_corpus(seed=seed, data_dir=data_dir))
+    tokenizer = train_tokenizer(tokenizer_corpus(seed=seed))
     config = LlamaConfig(
         vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -93,10 +93,9 @@ def build(out_dir: str | Path, seed: int = 0, size: str = "tiny", data_dir: str 
     return out_dir
 
 
-def ensure_tiny(cache_dir: str | Path, seed: int = 0, size: str = "tiny",
-                data_dir: str | Path | None = None) -> Path:
+def ensure_tiny(cache_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Path of the cached model dir for (size, seed), building it on first use."""
     path = Path(cache_dir) / f"{size}-llama-s{seed}-v{FORMAT_VERSION}"
     if (path / "secreason_tiny.json").exists():
         return path
-    return build(path, seed=seed, size=size, data_dir=data_dir)
+    return build(path, seed=seed, size=size)

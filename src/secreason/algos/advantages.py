@@ -27,7 +27,7 @@ import torch
 from .registry import Registry
 
 AdvantageFn = Callable[..., torch.Tensor]
-ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", key="advantage")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import torch
 from .registry import Registry
 
 KLFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator")
+KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator", key="algorithm.kl.estimator")
 
 # exp(20) ≈ 4.9e8 is still a loud signal, while an unclamped exp of a fp16/bf16 log-ratio
 # (or of a padding position holding garbage) overflows to inf and turns the loss into NaN.

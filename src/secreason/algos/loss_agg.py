@@ -31,7 +31,7 @@ import torch
 from .registry import Registry
 
 LossAggFn = Callable[[torch.Tensor, torch.Tensor, "StepNorm"], torch.Tensor]
-LOSS_AGG: Registry[LossAggFn] = Registry("loss aggregation")
+LOSS_AGG: Registry[LossAggFn] = Registry("loss aggregation", key="loss_agg")
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,24 @@
-"""Name → function tables, so configs pick the GRPO math by a string (`loss_agg.name: token_mean`).
+"""Name → function tables, so configs pick a piece by a string (`loss_agg.name: token_mean`).
 
 Same idea as verl's `register_adv_est`, kept to one small class: a typo in a config must fail at
-startup with the list of valid names, not deep inside the first training step.
+startup with the config key and the list of valid names, not deep inside the first training step.
+Every kind picked by name uses one (docs/CONTRACTS.md, "Construction"): the GRPO math here,
+optimizers and schedules (secreason.optim), HarmBench judges and guards (secreason.eval.harmbench).
 """
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from secreason.errors import ConfigError
+
 F = TypeVar("F", bound=Callable)
 
 
-class UnknownNameError(KeyError, ValueError):
-    """A registry lookup with a name that is not registered.
+class UnknownNameError(ConfigError, KeyError):
+    """A registry lookup with a name that is not registered: a bad config value naming its key.
 
-    Both a KeyError (it is a failed lookup) and a ValueError (it usually comes from a bad config
-    value), so either `except` catches it.
+    Also a KeyError (it is a failed lookup) and, through ConfigError, a ValueError, so any of
+    those `except`s catches it.
     """
 
     def __str__(self) -> str:
@@ -23,10 +27,14 @@ class UnknownNameError(KeyError, ValueError):
 
 
 class Registry(Generic[F]):
-    """A named table of functions of one kind (`kind` is only used in error messages)."""
+    """A named table of functions of one kind.
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    `kind` says what they are, `key` is the config key whose value picks one
+    (`algorithm.kl.estimator`); both only appear in error messages.
+    """
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.kind, self.key = kind, key
         self._table: dict[str, F] = {}
 
     def register(self, name: str) -> Callable[[F], F]:
@@ -41,12 +49,13 @@ class Registry(Generic[F]):
         return deco
 
     def get(self, name: str) -> F:
-        """The function registered as `name`; UnknownNameError listing the valid names otherwise."""
+        """The function registered as `name`; otherwise UnknownNameError, one line naming the key and
+        listing the valid names (the wording of an unknown config-group option, secreason.cli)."""
         try:
             return self._table[name]
         except (KeyError, TypeError):
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
+                f"{self.key}={name!r} unknown; choose one of: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:
@@ -57,4 +66,4 @@ class Registry(Generic[F]):
         return name in self._table
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, names={self.names()})"
+        return f"Registry({self.kind!r}, key={self.key!r}, names={self.names()})"

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from secreason.data.chat import encode_prompt
 from secreason.data.resumable import ResumableDataModule
 from secreason.data.rows import DataError, check_rl_prompt, load_rows
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class PromptDataModule(ResumableDataModule):
     def __init__(self, tokenizer, path: str | None = None, split: str = "rl_train", test_split: str = "rl_test",
                  batch_size: int = 8, max_prompt_length: int = 256, system_prompt: str | None = None,
                  on_bad_row: str = "error", seed: int = 0, tasks: list[str] | None = None,
-                 synth: Mapping[str, Any] | None = None, think_tags=("<think>", "</think>")) -> None:
+                 synth: Mapping[str, Any] | None = None, think_tags=DEFAULT_THINK_TAGS) -> None:
         super().__init__()
         if batch_size < 1:
             raise DataError(f"data.batch_size={batch_size} must be ≥ 1")

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from secreason.data.chat import IGNORE_INDEX, encode_chat
 from secreason.data.resumable import ResumableDataModule
 from secreason.data.rows import DataError, check_messages, load_rows
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class SFTDataModule(ResumableDataModule):
     def __init__(self, tokenizer, path: str | None = None, split: str = "sft", val_path: str | None = None,
                  val_fraction: float = 0.02, max_length: int = 512, batch_size: int = 8,
                  packing: bool = False, mix: Mapping[str, float] | None = None, on_bad_row: str = "error",
-                 think_tags: tuple[str, str] = ("<think>", "</think>"), seed: int = 0,
+                 think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, seed: int = 0,
                  synth: Mapping[str, Any] | None = None, num_workers: int = 0) -> None:
         super().__init__()
         if not 0 <= val_fraction < 1:

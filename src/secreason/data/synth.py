@@ -1,7 +1,8 @@
 """Offline, deterministic, verifiable synthetic tasks: SFT traces and RL prompts with ground truth.
 
-Built from sources that ship with pip packages (`cwe2`, `cvss`) plus one reference catalog in the
-benchmark data dir (ATT&CK technique names), so the demos need no network. Texts are kept SHORT
+Built from sources that ship with pip packages (`cwe2`, `cvss`) plus the ATT&CK technique catalog
+that ships in this package (`attack_techniques_enterprise.tsv`, with MITRE's notice), so the demos
+and tests need no network and no benchmark data. Texts are kept SHORT
 (prompts of at most ~40 words, reasoning of at most ~25) so a tiny random-init model can learn them.
 
 Tasks (answer text after `</think>`, as in docs/CONTRACTS.md):
@@ -21,7 +22,7 @@ set), so it is the same for every seed and runs can be compared on one test pool
 has one item per CWE id, so there the held-out unit is one of the 3 phrasings of each id.
 
 CLI: python -m secreason.data.synth --out DIR [--seed 0] [--tasks mcqa,cwe,cvss,attack,math]
-     [--n-sft 4000] [--n-rl 2000] [--n-test 200] [--empty-think-frac 0.0] [--data-dir PATH]
+     [--n-sft 4000] [--n-rl 2000] [--n-test 200] [--empty-think-frac 0.0]
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ import csv
 import functools
 import hashlib
 import importlib.metadata
+import importlib.resources
+import io
 import json
 import os
 import random
@@ -40,11 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS
+
 TASKS = ("mcqa", "cwe", "cvss", "attack", "math")
 DOMAINS = {"mcqa": "security", "cwe": "security", "cvss": "security", "attack": "security", "math": "math"}
 SPLITS = ("sft", "rl_train", "rl_test")
 HELD_OUT_PERCENT = 20
-ATTACK_CATALOG = Path("ctibench") / "attack-techniques-enterprise.tsv"
+# Package data of secreason.data: id and name of ATT&CK's main Enterprise techniques, MITRE's
+# copyright notice and licence in its `#` header lines.
+ATTACK_CATALOG = "attack_techniques_enterprise.tsv"
 
 # Well-known weaknesses (mostly the CWE Top 25): few enough for a tiny model to memorise.
 CWE_POOL = (79, 89, 20, 22, 78, 94, 119, 125, 787, 416, 190, 352, 287, 434, 476, 502, 798, 862, 918, 77)
@@ -75,14 +82,6 @@ class Item:
     gold: str
     held_out: bool
     extras: dict = field(default_factory=dict)
-
-
-def default_data_dir() -> Path:
-    """The benchmark data dir: $SECREASON_DATA_DIR, else `<repo root>/../shared/data`."""
-    env = os.environ.get("SECREASON_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parents[2].parent / "shared" / "data"
 
 
 def short_name(name: str, max_words: int = 5) -> str:
@@ -123,38 +122,42 @@ def cwe_catalog() -> tuple[tuple[int, str], ...]:
     return tuple(found)
 
 
-@functools.lru_cache(maxsize=4)
-def attack_catalog(data_dir: Path) -> tuple[tuple[str, str], ...]:
-    """(technique id, short name) for main techniques (no sub-techniques) in the ATT&CK catalog TSV."""
-    path = Path(data_dir) / ATTACK_CATALOG
-    if not path.is_file():
-        raise FileNotFoundError(f"ATT&CK catalog not found: {path} (set --data-dir or $SECREASON_DATA_DIR)")
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        if not reader.fieldnames or not {"ID", "Name"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected columns ID and Name, found {reader.fieldnames}")
-        techniques, seen_names = [], set()
-        for row in reader:
-            tid, name = (row["ID"] or "").strip(), short_name(row["Name"] or "")
-            # Two ids behind one short name would make the gold ambiguous: keep the first.
-            if re.fullmatch(r"T\d{4}", tid) and name and name not in seen_names:
-                seen_names.add(name)
-                techniques.append((tid, name))
+def parse_attack_catalog(text: str, source: str) -> tuple[tuple[str, str], ...]:
+    """(technique id, short name) for the main techniques (no sub-techniques) of an ID/Name TSV;
+    lines starting with `#` (the notice) are skipped. `source` names the file in errors."""
+    lines = [line for line in io.StringIO(text, newline="") if not line.startswith("#")]
+    reader = csv.DictReader(lines, delimiter="\t")
+    if not reader.fieldnames or not {"ID", "Name"} <= set(reader.fieldnames):
+        raise ValueError(f"{source}: expected columns ID and Name, found {reader.fieldnames}")
+    techniques, seen_names = [], set()
+    for row in reader:
+        tid, name = (row["ID"] or "").strip(), short_name(row["Name"] or "")
+        # Two ids behind one short name would make the gold ambiguous: keep the first.
+        if re.fullmatch(r"T\d{4}", tid) and name and name not in seen_names:
+            seen_names.add(name)
+            techniques.append((tid, name))
     if len(techniques) < 2:
-        raise ValueError(f"{path}: fewer than 2 main techniques (ids like T1059)")
+        raise ValueError(f"{source}: fewer than 2 main techniques (ids like T1059)")
     return tuple(techniques)
+
+
+@functools.lru_cache(maxsize=1)
+def attack_catalog() -> tuple[tuple[str, str], ...]:
+    """The catalog that ships in this package, parsed once."""
+    resource = importlib.resources.files(__package__).joinpath(ATTACK_CATALOG)
+    return parse_attack_catalog(resource.read_text(encoding="utf-8"), f"{__package__}/{ATTACK_CATALOG}")
 
 
 # ---- one item per task ----------------------------------------------------------------------------
 
-def _math_item(rng: random.Random, data_dir: Path) -> Item:
+def _math_item(rng: random.Random) -> Item:
     a, b, c = (rng.randrange(10) for _ in range(3))
     s, t = a + b, a + b + c
     return Item(f"What is {a}+{b}+{c}?", f" {a}+{b}={s}. {s}+{c}={t}.", f"Answer: {t}", str(t),
                 _held_out("math", f"{a},{b},{c}"))
 
 
-def _mcqa_item(rng: random.Random, data_dir: Path) -> Item:
+def _mcqa_item(rng: random.Random) -> Item:
     pool = cwe_catalog()
     correct = rng.choice(pool)
     options = [correct, *rng.sample([w for w in pool if w != correct], 3)]
@@ -167,7 +170,7 @@ def _mcqa_item(rng: random.Random, data_dir: Path) -> Item:
                 {"choices": [name for _, name in options]})
 
 
-def _cwe_item(rng: random.Random, data_dir: Path) -> Item:
+def _cwe_item(rng: random.Random) -> Item:
     cwe_id, name = rng.choice(cwe_catalog())
     phrasing = rng.randrange(len(CWE_PHRASINGS))
     # Holding out whole ids would test recall of facts never taught; hold out a phrasing per id.
@@ -176,7 +179,7 @@ def _cwe_item(rng: random.Random, data_dir: Path) -> Item:
                 f"CWE-{cwe_id}", held_out)
 
 
-def _cvss_item(rng: random.Random, data_dir: Path) -> Item:
+def _cvss_item(rng: random.Random) -> Item:
     from cvss import CVSS3
 
     letters = [rng.choice(list(values)) for _, _, values in CVSS_METRICS]
@@ -190,8 +193,8 @@ def _cvss_item(rng: random.Random, data_dir: Path) -> Item:
                 {"base_score": score})
 
 
-def _attack_item(rng: random.Random, data_dir: Path) -> Item:
-    chosen = rng.sample(attack_catalog(data_dir), rng.choice((1, 2)))
+def _attack_item(rng: random.Random) -> Item:
+    chosen = rng.sample(attack_catalog(), rng.choice((1, 2)))
     ids = [tid for tid, _ in chosen]
     noun = "technique" if len(chosen) == 1 else "techniques"
     prompt = f"Which ATT&CK {noun}: {'; '.join(name for _, name in chosen)}?"
@@ -200,19 +203,19 @@ def _attack_item(rng: random.Random, data_dir: Path) -> Item:
                 _held_out("attack", ",".join(sorted(ids))))
 
 
-MAKERS: dict[str, Callable[[random.Random, Path], Item]] = {
+MAKERS: dict[str, Callable[[random.Random], Item]] = {
     "math": _math_item, "mcqa": _mcqa_item, "cwe": _cwe_item, "cvss": _cvss_item, "attack": _attack_item,
 }
 
 
 # ---- splits ---------------------------------------------------------------------------------------
 
-def _draw(task: str, rng: random.Random, n: int, held_out: bool, data_dir: Path, prefer_unique: bool) -> list[Item]:
+def _draw(task: str, rng: random.Random, n: int, held_out: bool, prefer_unique: bool) -> list[Item]:
     """n items of the wanted side of the hold-out split, by rejection (the held-out share is ~20%)."""
     items, seen, rejected = [], set(), 0
     budget = 200 * n + 2000  # only spent when a side is empty or, for unique test prompts, exhausted
     while len(items) < n:
-        item = MAKERS[task](rng, data_dir)
+        item = MAKERS[task](rng)
         duplicate = prefer_unique and item.prompt in seen and rejected < budget
         if item.held_out != held_out or duplicate:
             rejected += 1
@@ -255,13 +258,10 @@ def _check_args(tasks, n_sft, n_rl, n_test, think_tags, empty_think_frac, task_w
 
 
 def generate(seed: int = 0, tasks=TASKS, n_sft: int = 4000, n_rl: int = 2000, n_test: int = 200,
-             think_tags=("<think>", "</think>"), empty_think_frac: float = 0.0, data_dir=None,
+             think_tags=DEFAULT_THINK_TAGS, empty_think_frac: float = 0.0,
              task_weights: dict[str, float] | None = None) -> dict[str, list[dict]]:
     """{"sft", "rl_train", "rl_test"} rows, shuffled, identical for the same arguments."""
     tasks = _check_args(tasks, n_sft, n_rl, n_test, think_tags, empty_think_frac, task_weights)
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    if "attack" in tasks:
-        attack_catalog(data_dir)  # fail fast with the path named, before any work
     open_tag, close_tag = think_tags
     out: dict[str, list[dict]] = {}
     for split, n in (("sft", n_sft), ("rl_train", n_rl), ("rl_test", n_test)):
@@ -269,7 +269,7 @@ def generate(seed: int = 0, tasks=TASKS, n_sft: int = 4000, n_rl: int = 2000, n_
         for task, count in _per_task_counts(n, tasks, task_weights).items():
             # One stream per (seed, split, task): adding a task does not change the others' items.
             rng = random.Random(f"secreason-synth|{seed}|{split}|{task}")
-            for item in _draw(task, rng, count, split == "rl_test", data_dir, prefer_unique=split == "rl_test"):
+            for item in _draw(task, rng, count, split == "rl_test", prefer_unique=split == "rl_test"):
                 if split == "sft":
                     trace = f"{open_tag}{item.reasoning}{close_tag}{item.answer_text}"
                     rows.append({"messages": [{"role": "user", "content": item.prompt},
@@ -289,14 +289,13 @@ def generate(seed: int = 0, tasks=TASKS, n_sft: int = 4000, n_rl: int = 2000, n_
     return out
 
 
-def tokenizer_corpus(seed: int = 0, data_dir=None) -> list[str]:
+def tokenizer_corpus(seed: int = 0) -> list[str]:
     """Texts covering every task's vocabulary, for training the tiny BPE tokenizer (~3k lines)."""
-    splits = generate(seed, TASKS, n_sft=1500, n_rl=0, n_test=0, empty_think_frac=0.1, data_dir=data_dir)
+    splits = generate(seed, TASKS, n_sft=1500, n_rl=0, n_test=0, empty_think_frac=0.1)
     texts = [m["content"] for row in splits["sft"] for m in row["messages"]]
     # Every catalog name and CVSS word at least once, even those the sample above missed.
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     texts += [f"CWE-{i} is {name}." for i, name in cwe_catalog()]
-    texts += [f"{name} is {tid}." for tid, name in attack_catalog(data_dir)]
+    texts += [f"{name} is {tid}." for tid, name in attack_catalog()]
     texts += [" ".join(f"{label} {word} {m}:{v}" for v, word in values.items()) for m, label, values in CVSS_METRICS]
     return texts
 
@@ -334,7 +333,7 @@ def write(out_dir, splits: dict[str, list[dict]], meta: dict | None = None) -> N
             per_task[r["task"]] = per_task.get(r["task"], 0) + 1
         counts[split] = {"total": len(rows), **dict(sorted(per_task.items()))}
     manifest = {**(meta or {}), "counts": counts, "held_out_percent": HELD_OUT_PERCENT,
-                "sources": {"cwe2": _version("cwe2"), "cvss": _version("cvss"), "attack_catalog": str(ATTACK_CATALOG)}}
+                "sources": {"cwe2": _version("cwe2"), "cvss": _version("cvss"), "attack_catalog": f"{__package__}/{ATTACK_CATALOG}"}}
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
@@ -347,12 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-rl", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--empty-think-frac", type=float, default=0.0)
-    parser.add_argument("--data-dir", type=Path, default=None, help="default: $SECREASON_DATA_DIR or ../shared/data")
     args = parser.parse_args(argv)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     try:
         splits = generate(args.seed, tasks, args.n_sft, args.n_rl, args.n_test,
-                          empty_think_frac=args.empty_think_frac, data_dir=args.data_dir)
+                          empty_think_frac=args.empty_think_frac)
         write(args.out, splits, meta={"seed": args.seed, "tasks": list(tasks),
                                       "empty_think_frac": args.empty_think_frac})
     except (ValueError, OSError, RuntimeError) as e:

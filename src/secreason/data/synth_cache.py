@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS
+
 
 def ensure_synth(cache_dir: str, seed: int = 0, tasks: Sequence[str] = ("mcqa", "cwe", "cvss", "attack", "math"),
                  n_sft: int = 4000, n_rl: int = 2000, n_test: int = 200, empty_think_frac: float = 0.0,
-                 think_tags: Sequence[str] = ("<think>", "</think>"), data_dir: str | None = None) -> Path:
+                 think_tags: Sequence[str] = DEFAULT_THINK_TAGS) -> Path:
     """Directory holding sft.jsonl / rl_train.jsonl / rl_test.jsonl for these settings."""
     from secreason.data import synth
 
@@ -20,6 +22,6 @@ def ensure_synth(cache_dir: str, seed: int = 0, tasks: Sequence[str] = ("mcqa", 
     if (out / "manifest.json").exists():
         return out
     splits = synth.generate(seed=seed, tasks=tuple(tasks), n_sft=n_sft, n_rl=n_rl, n_test=n_test,
-                            think_tags=tuple(think_tags), empty_think_frac=empty_think_frac, data_dir=data_dir)
+                            think_tags=tuple(think_tags), empty_think_frac=empty_think_frac)
     synth.write(out, splits)
     return out

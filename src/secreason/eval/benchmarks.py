@@ -16,6 +16,14 @@ from secreason.eval import EvalError
 from secreason.eval import files
 
 MCQ_LETTERS = ("A", "B", "C", "D")
+# Where each top-level folder of data_dir comes from, named in the error when it is missing.
+DATA_SOURCES = {
+    "ctibench": "hub dataset AI4Sec/cti-bench (or github.com/xashru/cti-bench)",
+    "mmlu_computer_security": "hub dataset cais/mmlu, subset computer_security",
+    "seceval": "hub dataset XuanwuAI/SecEval",
+    "secbench": "hub dataset secbench-hf/SecBench",
+    "harmbench": "github.com/centerforaisafety/HarmBench, data/behavior_datasets/",
+}
 
 
 @dataclass
@@ -40,11 +48,15 @@ class Benchmark:
     # making them paragraph breaks (only CTIBench-RCM row 391).
     stray_space_rows: tuple[int, ...] = ()
 
-    def check_files(self, data_dir: str | Path) -> None:
+    def check_files(self, data_dir: str | Path | None) -> None:
+        source = DATA_SOURCES[self.files[0].split("/")[0]]
+        if data_dir is None:
+            raise EvalError(f"data_dir is not set (benchmark {self.name}): set SECREASON_DATA_DIR or data_dir= "
+                            f"to a folder holding {self.files[0]}; the data: {source}")
         missing = [f for f in self.files if not (Path(data_dir) / f).is_file()]
         if missing:
             raise EvalError(f"data_dir={data_dir} has no {missing[0]} (benchmark {self.name}); "
-                            "point data_dir (or SECREASON_DATA_DIR) at the shared/data folder")
+                            f"point data_dir (or SECREASON_DATA_DIR) at the benchmark data folder; the data: {source}")
 
     def rows(self, data_dir: str | Path) -> list[dict]:
         self.check_files(data_dir)

@@ -16,7 +16,7 @@ from typing import Any, Callable, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
-from secreason.rewards.extraction import split_think
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS, split_think
 from secreason.eval import EvalError, benchmarks, harmbench, metrics, prompts, report_table
 from secreason.eval import scoring_ctibench, scoring_report
 from secreason.eval.benchmarks import Benchmark, Item
@@ -150,7 +150,7 @@ class Scorer:
     """Scores one seed's responses; holds what scoring needs across seeds (alias graphs, judges)."""
 
     def __init__(self, bench: Benchmark, protocol: str, data_dir: str | Path,
-                 think_tags: tuple[str, ...] | None = ("<think>", "</think>"),
+                 think_tags: tuple[str, ...] | None = DEFAULT_THINK_TAGS,
                  judge_cfg: Any = None, guard_cfg: Any = None):
         self.bench, self.family, self.proto = bench, bench.family, protocol
         self.think_tags = tuple(think_tags) if think_tags else None
@@ -197,8 +197,7 @@ class Scorer:
     def _score_harmbench(self, items, records, answers):
         users = [prompts.harmbench_user_message(it) for it in items]
         final, guard_records = harmbench.guard_responses(self.guard, users, answers)
-        judged = harmbench.judge_responses(self.judge, self.judge_cfg["name"], items, users, final,
-                                           int(self.judge_cfg.get("head_chars", 300)))
+        judged = self.judge.records(items, users, final)
         for item, rec, g, j, answer in zip(items, records, guard_records, judged, final):
             rec.update({"semantic": item.fields["semantic"], "functional": item.fields["functional"],
                         "final_answer": answer, **g, **j})

@@ -30,40 +30,23 @@ format penalty inside the reward. Deviations and choices it does not state:
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Mapping
 
 import lightning as L
 import torch
 
-from secreason.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGG, StepNorm, clipped_surrogate, masked_mean
-from secreason.algos import truncated_is_weights, zero_std_groups
+from secreason.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGG, OVERLONG_MODES, StepNorm, clipped_surrogate
+from secreason.algos import masked_mean, overlong_adjust, truncated_is_weights, zero_std_groups
+from secreason.errors import ConfigError
 from secreason.modules.logprobs import completion_logprobs
 from secreason.modules.rollout_stats import rollout_metrics
-from secreason.optim import build_optimizer, build_scheduler
+from secreason.optim import optimizer_factory, scheduler_factory
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 from secreason.rollout import Rollout
 
 log = logging.getLogger(__name__)
-
-
-def overlong_adjust(rewards: torch.Tensor, mask: torch.Tensor, truncated: torch.Tensor, mode: str,
-                    max_len: int, buffer: int = 0, penalty: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """rewards [N], mask [N, T], truncated [N] → adjusted (rewards, mask).
-
-    none          unchanged
-    mask          truncated completions leave the loss (mask rows zeroed)
-    soft_penalty  DAPO: reward −= penalty · (len − (max_len − buffer)) / buffer for len in the last
-                  `buffer` tokens (≤ penalty at max_len)
-    """
-    if mode == "none":
-        return rewards, mask
-    if mode == "mask":
-        return rewards, mask * (~truncated).unsqueeze(-1).to(mask.dtype)
-    if mode == "soft_penalty":
-        lengths = mask.sum(-1).to(rewards.dtype)
-        over = (lengths - (max_len - buffer)).clamp(min=0) / max(buffer, 1)
-        return rewards - penalty * over.clamp(max=1.0), mask
-    raise ValueError(f"algorithm.overlong.mode={mode!r} unknown; choose none, mask or soft_penalty")
 
 
 def micro_batch_rows(lengths: torch.Tensor, size: int, group_index: torch.Tensor | None = None,
@@ -96,36 +79,65 @@ def micro_batch_rows(lengths: torch.Tensor, size: int, group_index: torch.Tensor
     return group_cut if cost(group_cut) < cost(length_cut) else length_cut
 
 
+OLD_LOGPROBS = ("recompute", "sampler")
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
 class GRPOModule(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, reward_set: Any, ref_model: torch.nn.Module | None,
-                 num_generations: int = 5, updates_per_batch: int = 1, micro_batch_size: int = 8,
-                 loss_agg: str = "sample_mean", advantage: Mapping[str, Any] | None = None,
+    """Built by Hydra from `conf/algorithm/grpo.yaml` (`algorithm.module`), like SFTModule: each
+    argument there is an interpolation of the config key that error messages name. Every value is
+    checked here, once, when the run starts (names through their registries)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, reward_set: Any,
+                 ref_model: torch.nn.Module | None = None, num_generations: int = 5, updates_per_batch: int = 1,
+                 micro_batch_size: int = 8, loss_agg: str = "sample_mean", advantage: Mapping[str, Any] | None = None,
                  kl: Mapping[str, Any] | None = None, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
                  is_cap: float | None = None, old_logprobs: str = "recompute",
                  overlong: Mapping[str, Any] | None = None, filter_zero_std_groups: bool = False,
                  max_completion_length: int = 64, temperature: float = 1.0, max_grad_norm: float | None = 1.0,
                  optim: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
-                 think_tags: tuple[str, str] = ("<think>", "</think>"), share_prompts: bool = True) -> None:
+                 think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True) -> None:
         super().__init__()
         self.automatic_optimization = False  # μ updates and step-global normalisers per rollout batch
+        _require(num_generations >= 2, "algorithm.num_generations", num_generations,
+                 "must be ≥ 2 (advantages are relative to the group)")
+        _require(updates_per_batch >= 1, "algorithm.updates_per_batch", updates_per_batch, "must be ≥ 1")
+        _require(micro_batch_size >= 1, "algorithm.micro_batch_size", micro_batch_size, "must be ≥ 1")
+        _require(0 <= clip_eps_low < 1, "algorithm.clip_eps_low", clip_eps_low, "must be in [0, 1)")
+        _require(clip_eps_high >= 0, "algorithm.clip_eps_high", clip_eps_high, "must be ≥ 0")
+        _require(is_cap is None or is_cap > 0, "algorithm.is_cap", is_cap, "must be > 0 or null")
+        _require(old_logprobs in OLD_LOGPROBS, "algorithm.old_logprobs", old_logprobs,
+                 f"choose one of: {', '.join(OLD_LOGPROBS)}")
+        kl = dict(kl or {})
+        self.beta, self.kl_fn = float(kl.get("beta", 0.02)), KL_ESTIMATORS.get(kl.get("estimator", "k3"))
+        _require(self.beta >= 0, "algorithm.kl.beta", self.beta, "must be ≥ 0")
+        self.overlong = dict(overlong or {"mode": "none"})
+        OVERLONG_MODES.get(self.overlong.get("mode", "none"))  # an unknown mode fails now, not at step 1
+        self.loss_agg = LOSS_AGG.get(loss_agg)
+        advantage = dict(advantage or {"name": "group_norm"})
+        self.advantage_fn, self.adv_eps = ADVANTAGES.get(advantage["name"]), float(advantage.get("eps", 1e-6))
+        # Checked now, built in configure_optimizers.
+        self.make_optimizer = optimizer_factory(**(optim or {}))
+        self.make_scheduler = scheduler_factory(**(scheduler or {}))
+
         self.model, self.tokenizer, self.reward_set = model, tokenizer, reward_set
+        if ref_model is None and self.beta > 0 and not hasattr(model, "disable_adapter"):
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the starting (SFT) policy
         # Kept out of the module tree: the reference is rebuilt from model.path on resume, so it
-        # must not double the checkpoint size (nor trip Lightning's eval-mode warning).
+        # must not double the checkpoint size (nor trip Lightning's eval-mode warning). Under LoRA
+        # there is none: the policy with its adapters off is the reference.
         self._ref = [ref_model] if ref_model is not None else []
         self.model.train()
         self.num_generations, self.updates_per_batch = num_generations, updates_per_batch
         self.micro_batch_size = micro_batch_size
-        self.loss_agg = LOSS_AGG.get(loss_agg)
-        advantage = dict(advantage or {"name": "group_norm"})
-        self.advantage_fn, self.adv_eps = ADVANTAGES.get(advantage["name"]), float(advantage.get("eps", 1e-6))
-        kl = dict(kl or {})
-        self.beta, self.kl_fn = float(kl.get("beta", 0.02)), KL_ESTIMATORS.get(kl.get("estimator", "k3"))
         self.clip_low, self.clip_high, self.is_cap = clip_eps_low, clip_eps_high, is_cap
         self.old_logprobs = old_logprobs
-        self.overlong = dict(overlong or {"mode": "none"})
         self.filter_zero_std = filter_zero_std_groups
         self.max_len, self.temperature, self.max_grad_norm = max_completion_length, temperature, max_grad_norm
-        self.optim_cfg, self.scheduler_cfg = dict(optim or {}), dict(scheduler or {})
         self.think_tags = tuple(think_tags)
         self.share_prompts = share_prompts
 
@@ -152,20 +164,15 @@ class GRPOModule(L.LightningModule):
         """Total rewards [N] and the reward metrics of this batch."""
         expanded = [row for row in rows for _ in range(self.num_generations)]
         result = self.reward_set(rollout.texts, expanded)
-        metrics = {"train/reward/total": sum(result.total) / len(result.total),
-                   "train/reward/correctness": sum(result.correctness) / len(result.correctness),
-                   "train/format_penalty_rate": sum(map(bool, result.penalised)) / len(result.penalised)}
-        for name, values in result.per_reward.items():
-            routed = [v for v in values if v is not None]
-            if routed:
-                metrics[f"train/reward/{name}"] = sum(routed) / len(routed)
-        return torch.tensor(result.total, dtype=torch.float32), metrics
+        return torch.tensor(result.total, dtype=torch.float32), result.metrics(rollout.group_index.tolist())
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         rollout: Rollout | None = batch.get("rollout")
         if rollout is None:
             raise RuntimeError("GRPO needs a sampler callback (sampler=hf|vllm) to fill batch['rollout']")
-        rewards, metrics = self.score(rollout, batch["rows"])
+        profile = self.trainer.profiler.profile  # phases by name: trainer.profiler=simple prints them
+        with profile("grpo/reward"):
+            rewards, metrics = self.score(rollout, batch["rows"])
         mask = rollout.completion_mask.clone()
         rewards, mask = overlong_adjust(rewards, mask, rollout.truncated, self.overlong.get("mode", "none"),
                                         self.max_len, int(self.overlong.get("buffer", 0)),
@@ -188,8 +195,9 @@ class GRPOModule(L.LightningModule):
         norm = StepNorm.from_masks([mask[m] for m in micro], self.max_len)
         if self.trainer.world_size > 1:  # normalisers span all ranks (prime-rl #2358)
             norm = norm.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), device=self.device)
-        ref = [self.reference_logprobs(r.select(m)) if self.beta > 0 else None for m in micro]
-        old = [self._old_logprobs(r.select(m)) for m in micro]
+        with profile("grpo/ref"):
+            ref = [self.reference_logprobs(r.select(m)) if self.beta > 0 else None for m in micro]
+            old = [self._old_logprobs(r.select(m)) for m in micro]
         opt, sched = self.optimizers(), self.lr_schedulers()
         for update in range(self.updates_per_batch):
             stats = self._update(r, mask, advantages, micro, norm, ref, old, opt, first=update == 0)
@@ -220,7 +228,21 @@ class GRPOModule(L.LightningModule):
 
     def _update(self, r: Rollout, mask: torch.Tensor, advantages: torch.Tensor, micro: list[torch.Tensor],
                 norm: StepNorm, ref: list, old: list, opt, first: bool) -> dict[str, float]:
+        """One optimizer step over all micro-batches; the batch-mean stats of its forward passes."""
+        profile = self.trainer.profiler.profile
         opt.zero_grad()
+        with profile("grpo/fwd_bwd"):
+            sums = self._forward_backward(r, mask, advantages, micro, norm, ref, old, first)
+        with profile("grpo/optimizer"):
+            if self.max_grad_norm:
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad], self.max_grad_norm)
+                sums["train/grad_norm"] = float(grad_norm)
+            opt.step()
+        return sums
+
+    def _forward_backward(self, r: Rollout, mask: torch.Tensor, advantages: torch.Tensor, micro: list[torch.Tensor],
+                          norm: StepNorm, ref: list, old: list, first: bool) -> dict[str, float]:
         sums: dict[str, float] = {}
         for m, ref_lp, old_lp in zip(micro, ref, old):
             part = r.select(m)
@@ -245,18 +267,13 @@ class GRPOModule(L.LightningModule):
             sums["rollout/logprob_diff_max"] = max(sums.get("rollout/logprob_diff_max", 0.0), diff.max().item())
             if entropy is not None:
                 sums["train/entropy"] = sums.get("train/entropy", 0.0) + masked_mean(entropy, mb_mask).item() * w
-        if self.max_grad_norm:
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.max_grad_norm)
-            sums["train/grad_norm"] = float(grad_norm)
-        opt.step()
         return sums
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model.parameters(), **self.optim_cfg)
+        optimizer = self.make_optimizer(self.model.parameters())
         # estimated_stepping_batches counts batches; each batch makes μ optimizer steps.
         total = int(self.trainer.estimated_stepping_batches) * self.updates_per_batch
         if self.trainer.max_steps > 0:
             total = min(total, self.trainer.max_steps)
-        scheduler = build_scheduler(optimizer, max(total, 1), self.scheduler_cfg)
+        scheduler = self.make_scheduler(optimizer, max(total, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

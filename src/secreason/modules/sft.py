@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from secreason.data.chat import IGNORE_INDEX
-from secreason.optim import build_optimizer, build_scheduler
+from secreason.optim import optimizer_factory, scheduler_factory
 
 
 def assistant_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -35,7 +35,8 @@ class SFTModule(L.LightningModule):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.model.train()  # from_pretrained returns eval mode
-        self.optim_cfg, self.scheduler_cfg = dict(optim), dict(scheduler)
+        # Checked now (an unknown name fails at start), built in configure_optimizers.
+        self.make_optimizer, self.make_scheduler = optimizer_factory(**optim), scheduler_factory(**scheduler)
         self._t_last: float | None = None
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -60,7 +61,6 @@ class SFTModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0), sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model.parameters(), **self.optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, total, self.scheduler_cfg)
+        optimizer = self.make_optimizer(self.model.parameters())
+        scheduler = self.make_scheduler(optimizer, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

