@@ -54,7 +54,8 @@ class SamplerCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
                              batch_idx: int) -> None:
         t0 = time.perf_counter()
-        batch["rollout"] = self.generate(batch["prompt_ids"], pl_module.num_generations)
+        with trainer.profiler.profile("grpo/generate"):
+            batch["rollout"] = self.generate(batch["prompt_ids"], pl_module.num_generations)
         pl_module.log("rollout/generate_s", time.perf_counter() - t0, batch_size=len(batch["prompt_ids"]))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -62,7 +63,8 @@ class SamplerCallback(L.Callback):
         if trainer.global_step - self.last_sync_step < self.sync_every:
             return
         t0 = time.perf_counter()
-        self.sync_weights(pl_module.model)
+        with trainer.profiler.profile("grpo/sync"):
+            self.sync_weights(pl_module.model)
         self.last_sync_step = trainer.global_step
         pl_module.log("rollout/sync_s", time.perf_counter() - t0, batch_size=1)
 

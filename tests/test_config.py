@@ -526,14 +526,14 @@ def test_think_tags_are_spelled_only_in_the_root_configs():
         for key, value in yaml_strings(yaml.safe_load(f.read_text())):
             if any(tag in value for tag in THINK_TAGS):
                 spelled.append(f"{f.relative_to(CONF)}:{key}")
-    assert sorted(spelled) == [f"{root}.yaml:think_tags[{i}]" for root in ROOTS for i in (0, 1)]
+    assert sorted(spelled) == ["reasoning/think.yaml:think_tags[0]", "reasoning/think.yaml:think_tags[1]"]
 
 
 def test_one_think_tags_override_reaches_every_user(composed, tiny_model, tokenizer):
     """`think_tags=[…]` changes the data, every reward, the format penalty, the module and the
     in-training eval at once."""
     tags = ["<r>", "</r>"]
-    cfg = composed("train", ["+experiment=grpo", "callbacks=with_eval", "think_tags=[<r>,</r>]"])
+    cfg = composed("train", ["+experiment=grpo", "callbacks=with_eval", "think_tags=[\"<r>\",\"</r>\"]"])
     body = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     users = [key for key, _ in yaml_strings(body) if key.endswith(("think_tags[0]", "think_tags[1]"))]
     assert {"data.think_tags[0]", "rewards.rewards.mcqa.fn.think_tags[0]", "format_penalty.think_tags[0]",
