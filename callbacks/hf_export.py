@@ -15,13 +15,12 @@ log = logging.getLogger(__name__)
 
 
 class HFExport(L.Callback):
-    def __init__(self, dirpath: str, dtype: str = "float32") -> None:
-        self.dirpath, self.dtype = Path(dirpath), dtype
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        base = getattr(pl_module, "base_model_path", None)
-        export_hf(pl_module.model, pl_module.tokenizer, self.dirpath, base_path=base, dtype=self.dtype)
+        export_hf(pl_module.model, pl_module.tokenizer, self.dirpath)
         log.info("HF checkpoint written to %s", self.dirpath)
         print(f"hf_checkpoint: {self.dirpath}")

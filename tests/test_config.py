@@ -173,7 +173,7 @@ class Parts:
     def algorithm(self):
         model, tok = self.model_and_tokenizer()
         module = build_module(self.cfg, model, tok)
-        check_trainer_for(module, self.cfg.trainer)
+        check_trainer_for(type(module), self.cfg.trainer)
         assert isinstance(module, L.LightningModule)
         algo = self.cfg.algorithm
         if "optim" in algo:
@@ -497,10 +497,10 @@ def test_trainer_settings_of_automatic_optimization_fail_with_grpo_only(composed
 
     grpo = composed("train", ["+experiment=grpo", override])
     with pytest.raises(ConfigError) as e:
-        check_trainer_for(build_module(grpo, tiny_model, tokenizer), grpo.trainer)
+        check_trainer_for(type(build_module(grpo, tiny_model, tokenizer)), grpo.trainer)
     assert str(e.value).startswith(message)
     sft = composed("train", ["+experiment=sft", override])
-    check_trainer_for(build_module(sft, tiny_model, tokenizer), sft.trainer)  # SFT: Lightning's own settings
+    check_trainer_for(type(build_module(sft, tiny_model, tokenizer)), sft.trainer)  # SFT: Lightning's own settings
 
 
 THINK_TAGS = ("<think>", "</think>")

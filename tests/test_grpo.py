@@ -21,7 +21,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 import secreason.modules.grpo as grpo_mod
 from secreason.callbacks.hf_sampler import HFSampler
-from secreason.callbacks.sampler import SamplerCallback, completions_to_rollout
+from secreason.callbacks.sampler import SamplerCallback
+from secreason.sampling.base import completions_to_rollout
 from secreason.algos import LOSS_AGG, KL_ESTIMATORS
 from secreason.data.chat import encode_prompt
 from secreason.data.prompts import PromptDataModule

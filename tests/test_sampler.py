@@ -10,8 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lightning.pytorch.profilers import PassThroughProfiler
+
 from secreason.callbacks.hf_sampler import HFSampler
-from secreason.callbacks.sampler import SamplerCallback, completions_to_rollout, cut_at_eos, left_pad
+from secreason.callbacks.sampler import SamplerCallback
+from secreason.sampling.base import completions_to_rollout, cut_at_eos, left_pad
 from secreason.data.chat import encode_prompt
 from secreason.rollout import Rollout
 
@@ -232,7 +235,7 @@ def test_sync_every_k_optimizer_steps():
 
     logged = []
     module = SimpleNamespace(model=None, log=lambda k, v, **kw: logged.append(k))
-    trainer = SimpleNamespace(global_step=0)
+    trainer = SimpleNamespace(global_step=0, profiler=PassThroughProfiler())
     s = Counting(sync_every=2)
     for step in range(1, 6):
         trainer.global_step = step

@@ -14,7 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from secreason.callbacks.vllm_sampler import INSTALL_HINT, VLLMNotInstalled, VLLMSampler, hf_weights, save_policy
+from secreason.callbacks.vllm_sampler import VLLMSampler
+from secreason.errors import UserError
+from secreason.sampling.vllm_engine import INSTALL_HINT, VLLMNotInstalled
+from secreason.sampling.weights import hf_weights, save_policy
 from secreason.data.chat import render_ids
 from secreason.models import load_causal_lm, wrap_lora
 from secreason.modules.logprobs import completion_logprobs
@@ -274,7 +277,7 @@ def test_missing_vllm_is_one_clear_error(monkeypatch, compose_train, capsys):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises ImportError
     with pytest.raises(VLLMNotInstalled, match=r"pip install -e \.\[cpu\]") as err:
         VLLMSampler()
-    assert isinstance(err.value, ValueError)
+    assert isinstance(err.value, UserError)  # the CLI prints it as one line
 
     cfg = compose_train("+experiment=grpo", "sampler=vllm")
     assert cfg.sampler._target_ == "secreason.callbacks.vllm_sampler.VLLMSampler"

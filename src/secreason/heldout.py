@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import torch
 
-from secreason.callbacks.hf_sampler import HFSampler
+from secreason.sampling.hf import HFGenerator
 from secreason.data.chat import encode_prompt
 from secreason.modules.rollout_stats import rollout_metrics
 
@@ -18,7 +18,7 @@ def heldout_scores(model, tokenizer, rows: Sequence[dict], reward_set: Any, temp
 
     Greedy (temperature 0) by default; `samples` completions per prompt when sampling.
     """
-    sampler = HFSampler(temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed).bind(model, tokenizer)
+    sampler = HFGenerator(temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed).bind(model, tokenizer)
     correctness: list[float] = []
     total: list[float] = []
     stats: dict[str, float] = {}

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import torch
 
+from secreason.errors import ConfigError, MissingPathError
+
 log = logging.getLogger(__name__)
 
 # Llama-3-style fallback for base models that ship no chat template (Foundation-Sec-8B is a base
@@ -28,7 +30,7 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[str(name)]
     except KeyError:
-        raise ValueError(f"model.dtype={name!r} unknown; choose one of {sorted(DTYPES)}") from None
+        raise ConfigError(f"model.dtype={name!r} unknown; choose one of {sorted(DTYPES)}") from None
 
 
 def resolve_model_path(model_cfg: Mapping[str, Any], cache_dir: str | Path) -> str:
@@ -38,14 +40,14 @@ def resolve_model_path(model_cfg: Mapping[str, Any], cache_dir: str | Path) -> s
         local = Path(str(path)).expanduser()
         if local.exists():
             if not (local / "config.json").exists():
-                raise FileNotFoundError(f"model.path={path}: no config.json there (not an HF model dir)")
+                raise MissingPathError(f"model.path={path}: no config.json there (not an HF model dir)")
             return str(local)
         if str(path).startswith((".", "/", "~")) or str(path).count("/") != 1:
-            raise FileNotFoundError(f"model.path={path}: no such directory")
+            raise MissingPathError(f"model.path={path}: no such directory")
         return str(path)  # a hub id
     size = model_cfg.get("tiny_size")
     if not size:
-        raise ValueError("model.path is not set and the model config is not a tiny one (model.tiny_size)")
+        raise ConfigError("model.path is not set and the model config is not a tiny one (model.tiny_size)")
     from secreason.tiny import ensure_tiny
 
     return str(ensure_tiny(cache_dir, seed=int(model_cfg.get("tiny_seed", 0)), size=size))
@@ -84,9 +86,9 @@ def load_causal_lm(path: str, dtype: str = "float32", attn_implementation: str |
         kwargs["attn_implementation"] = attn_implementation
     if quantization:
         if quantization != "nf4":
-            raise ValueError(f"model.quantization={quantization!r} unknown; choose nf4 or null")
+            raise ConfigError(f"model.quantization={quantization!r} unknown; choose nf4 or null")
         if not lora_enabled(lora):
-            raise ValueError("model.quantization=nf4 needs LoRA: set model.lora.r > 0 (QLoRA)")
+            raise ConfigError("model.quantization=nf4 needs LoRA: set model.lora.r > 0 (QLoRA)")
         from transformers import BitsAndBytesConfig
 
         compute = torch_dtype(dtype) if torch_dtype(dtype) != torch.float16 else torch.float16
@@ -120,41 +122,21 @@ def wrap_lora(model, lora: Mapping[str, Any]):
     return model
 
 
-def export_hf(model, tokenizer, out_dir: str | Path, base_path: str | None = None,
-              dtype: str = "float32") -> Path:
-    """Save merged full weights + tokenizer as an HF dir that `model.path=` accepts.
-
-    A LoRA model on a full-precision base is merged in a copy; a QLoRA model (4-bit base) is merged
-    into a fresh full-precision load of `base_path`, since 4-bit weights cannot take the delta exactly.
-    """
-    import copy
+def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save the policy (LoRA merged, a 4-bit base dequantized) + tokenizer as an HF dir that
+    `model.path=` accepts. The weights are `secreason.sampling.weights.save_policy`'s, the same the
+    vLLM sampler serves; written to a temp dir beside `out_dir`, then renamed into place."""
     import os
     import shutil
     import tempfile
 
-    from transformers import AutoModelForCausalLM
+    from secreason.sampling.weights import save_policy
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
-        if hasattr(model, "peft_config"):
-            if getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model, "is_loaded_in_4bit", False):
-                if base_path is None:
-                    raise ValueError("exporting a QLoRA model needs the base model path")
-                from peft import PeftModel
-
-                adapter_dir = tmp / "_adapter"
-                model.save_pretrained(adapter_dir)
-                base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype))
-                merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-                shutil.rmtree(adapter_dir)
-            else:
-                merged = copy.deepcopy(model).merge_and_unload()
-        else:
-            merged = model
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_policy(model, tokenizer, tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -1,6 +1,7 @@
 """Compose the pieces a config names and fit: the body of `python train.py`."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -35,10 +36,19 @@ def build_model(cfg: DictConfig):
     return path, model, tokenizer
 
 
+def module_factory(cfg: DictConfig) -> functools.partial:
+    """`algorithm.module` (a partial `_target_`: conf/algorithm/*.yaml), to be called with the model
+    and tokenizer. A module class with `check_settings` has its settings checked now, before any
+    weights are loaded, so a bad value fails in a second rather than after loading an 8B model."""
+    make = instantiate(cfg.algorithm.module)
+    check = getattr(make.func, "check_settings", None)
+    if check is not None:
+        check(**make.keywords)
+    return make
+
+
 def build_module(cfg: DictConfig, model, tokenizer) -> L.LightningModule:
-    """`algorithm.module` (a partial `_target_`: conf/algorithm/*.yaml) given the model and tokenizer;
-    the module checks its own arguments."""
-    return instantiate(cfg.algorithm.module)(model=model, tokenizer=tokenizer)
+    return module_factory(cfg)(model=model, tokenizer=tokenizer)
 
 
 # Trainer settings Lightning rejects for a module that steps its optimizer by hand, with what to use instead.
@@ -48,14 +58,15 @@ MANUAL_OPTIMIZATION_CONFLICTS = (
 )
 
 
-def check_trainer_for(module: L.LightningModule, trainer_cfg: DictConfig) -> None:
-    """Before fit: Lightning's own check comes inside `Trainer.fit`, as a traceback without the key."""
-    if module.automatic_optimization:
+def check_trainer_for(module_cls: type, trainer_cfg: DictConfig) -> None:
+    """Before anything loads: Lightning's own check comes inside `Trainer.fit`, as a traceback
+    without the key. `STEPS_OPTIMIZER_BY_HAND` marks a module class with manual optimization."""
+    if not getattr(module_cls, "STEPS_OPTIMIZER_BY_HAND", False):
         return
     for key, allowed, advice in MANUAL_OPTIMIZATION_CONFLICTS:
         value = trainer_cfg.get(key, allowed)
         if value != allowed:
-            raise ConfigError(f"trainer.{key}={value!r}: {type(module).__name__} steps its optimizer by hand; "
+            raise ConfigError(f"trainer.{key}={value!r}: {module_cls.__name__} steps its optimizer by hand; "
                               f"{advice}")
 
 
@@ -66,13 +77,13 @@ def set_threads(n: int | None) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resume_path(cfg.get("ckpt_path"))  # a local, weights-only checkpoint, checked before any work
+    make_module = module_factory(cfg)  # settings checked before any weights load
+    check_trainer_for(make_module.func, cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     set_threads(cfg.get("num_threads"))
-    base_path, model, tokenizer = build_model(cfg)
+    _, model, tokenizer = build_model(cfg)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, _convert_="partial")
-    module = build_module(cfg, model, tokenizer)
-    module.base_model_path = base_path
-    check_trainer_for(module, cfg.trainer)
+    module = make_module(model=model, tokenizer=tokenizer)
     # The run's callbacks, then the algorithm's own (GRPO: its rollout sampler).
     callbacks = instantiate_dict(cfg.get("callbacks")) + instantiate_dict(cfg.algorithm.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))

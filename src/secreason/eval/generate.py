@@ -1,12 +1,11 @@
-"""Completions for chat messages through the training samplers (`callbacks/*_sampler.py`).
+"""Completions for chat messages through the training generators (secreason.sampling).
 
-`backend=auto` takes vLLM when both the `vllm` package and `secreason.callbacks.vllm_sampler` are importable,
-else HF generate; `hf` and `vllm` force one. Sampling settings come from `cfg.sampler`, whose
+`backend=auto` takes vLLM when the `vllm` package is installed, else HF generate;
+`hf` and `vllm` force one. Sampling settings come from `cfg.sampler`, whose
 defaults eval.yaml takes from the protocol.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from typing import Sequence
 
@@ -19,8 +18,9 @@ log = logging.getLogger(__name__)
 
 def resolve_backend(name: str) -> str:
     if name == "auto":
-        have = all(importlib.util.find_spec(m) is not None for m in ("vllm", "secreason.callbacks.vllm_sampler"))
-        return "vllm" if have else "hf"
+        from secreason.sampling.vllm_engine import vllm_installed
+
+        return "vllm" if vllm_installed() else "hf"
     if name not in ("hf", "vllm"):
         raise EvalError(f"backend={name!r} unknown; choose auto, hf or vllm")
     return name
@@ -48,7 +48,7 @@ class Generator:
         # it; HF generate has no such limit (RoPE runs past max_position_embeddings): no cap there.
         self.context = 0
         if self.backend == "vllm":
-            from secreason.callbacks.vllm_sampler import VLLMSampler
+            from secreason.sampling.vllm_engine import VLLMGenerator
 
             extra = OmegaConf.to_container(cfg.vllm, resolve=True)
             # Prompt + completion tokens, never beyond the model's own context (vLLM refuses that).
@@ -56,14 +56,14 @@ class Generator:
             wanted = int(extra.get("max_model_len") or context)
             extra["max_model_len"] = min(wanted, context) if context else wanted
             self.context = extra["max_model_len"]
-            self.sampler = VLLMSampler(**common, **extra).bind(model, self.tokenizer)
+            self.sampler = VLLMGenerator(**common, **extra).bind(model, self.tokenizer)
             # The engine holds its own copy of the weights; evaluation never syncs, so free these.
             self.sampler.model = None
             del model
         else:
-            from secreason.callbacks.hf_sampler import HFSampler
+            from secreason.sampling.hf import HFGenerator
 
-            self.sampler = HFSampler(**common, batch_size=s.get("batch_size")).bind(model, self.tokenizer)
+            self.sampler = HFGenerator(**common, batch_size=s.get("batch_size")).bind(model, self.tokenizer)
         self.prompts_per_call = int(s.get("prompts_per_call") or 64)
         self.think_tags = tuple(cfg.think_tags or ())
         log.info("generating with %s from %s", self.backend, self.path)
@@ -88,7 +88,7 @@ def clean(text: str, tokenizer, think_tags: Sequence[str]) -> str:
 
 def complete(sampler, tokenizer, conversations: Sequence[list[dict[str, str]]], n: int,
              think_tags: Sequence[str] = (), prompts_per_call: int = 64, context: int = 0) -> list[list[str]]:
-    """n completions per conversation from a bound sampler (HFSampler / VLLMSampler).
+    """n completions per conversation from a bound generator (HFGenerator / VLLMGenerator).
 
     With `context` (vLLM's max_model_len) > 0, completions are capped so prompt + completion
     fit it: the protocols ask for up to 10,000 new tokens, which a small model cannot hold.

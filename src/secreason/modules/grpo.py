@@ -31,6 +31,7 @@ format penalty inside the reward. Deviations and choices it does not state:
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from typing import Any, Mapping
 
@@ -90,7 +91,39 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 class GRPOModule(L.LightningModule):
     """Built by Hydra from `conf/algorithm/grpo.yaml` (`algorithm.module`), like SFTModule: each
     argument there is an interpolation of the config key that error messages name. Every value is
-    checked here, once, when the run starts (names through their registries)."""
+    checked by `check_settings`, the one validator, when the run starts."""
+
+    STEPS_OPTIMIZER_BY_HAND = True  # μ updates and step-global normalisers per rollout batch
+
+    @classmethod
+    def check_settings(cls, **given: Any) -> dict[str, Any]:
+        """Check the settings of `__init__` (defaults for those not given; others ignored) and resolve
+        the names through their registries. `secreason.run` calls it before the model is loaded, so a
+        bad value fails at once; `__init__` calls it too. Raises ConfigError naming the key."""
+        params = inspect.signature(cls.__init__).parameters
+        s = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+        s.update({k: v for k, v in given.items() if k in s})
+        _require(s["num_generations"] >= 2, "algorithm.num_generations", s["num_generations"],
+                 "must be ≥ 2 (advantages are relative to the group)")
+        for key in ("updates_per_batch", "micro_batch_size"):
+            _require(s[key] >= 1, f"algorithm.{key}", s[key], "must be ≥ 1")
+        _require(0 <= s["clip_eps_low"] < 1, "algorithm.clip_eps_low", s["clip_eps_low"], "must be in [0, 1)")
+        _require(s["clip_eps_high"] >= 0, "algorithm.clip_eps_high", s["clip_eps_high"], "must be ≥ 0")
+        _require(s["is_cap"] is None or s["is_cap"] > 0, "algorithm.is_cap", s["is_cap"], "must be > 0 or null")
+        _require(s["old_logprobs"] in OLD_LOGPROBS, "algorithm.old_logprobs", s["old_logprobs"],
+                 f"choose one of: {', '.join(OLD_LOGPROBS)}")
+        kl = dict(s["kl"] or {})
+        beta = float(kl.get("beta", 0.02))
+        _require(beta >= 0, "algorithm.kl.beta", beta, "must be ≥ 0")
+        overlong = dict(s["overlong"] or {"mode": "none"})
+        OVERLONG_MODES.get(overlong.get("mode", "none"))  # an unknown mode fails now, not at step 1
+        advantage = dict(s["advantage"] or {"name": "group_norm"})
+        return {"beta": beta, "kl_fn": KL_ESTIMATORS.get(kl.get("estimator", "k3")), "overlong": overlong,
+                "loss_agg": LOSS_AGG.get(s["loss_agg"]), "advantage_fn": ADVANTAGES.get(advantage["name"]),
+                "adv_eps": float(advantage.get("eps", 1e-6)),
+                # checked now, built in configure_optimizers
+                "make_optimizer": optimizer_factory(**(s["optim"] or {})),
+                "make_scheduler": scheduler_factory(**(s["scheduler"] or {}))}
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, reward_set: Any,
                  ref_model: torch.nn.Module | None = None, num_generations: int = 5, updates_per_batch: int = 1,
@@ -102,27 +135,12 @@ class GRPOModule(L.LightningModule):
                  optim: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
                  think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True) -> None:
         super().__init__()
-        self.automatic_optimization = False  # μ updates and step-global normalisers per rollout batch
-        _require(num_generations >= 2, "algorithm.num_generations", num_generations,
-                 "must be ≥ 2 (advantages are relative to the group)")
-        _require(updates_per_batch >= 1, "algorithm.updates_per_batch", updates_per_batch, "must be ≥ 1")
-        _require(micro_batch_size >= 1, "algorithm.micro_batch_size", micro_batch_size, "must be ≥ 1")
-        _require(0 <= clip_eps_low < 1, "algorithm.clip_eps_low", clip_eps_low, "must be in [0, 1)")
-        _require(clip_eps_high >= 0, "algorithm.clip_eps_high", clip_eps_high, "must be ≥ 0")
-        _require(is_cap is None or is_cap > 0, "algorithm.is_cap", is_cap, "must be > 0 or null")
-        _require(old_logprobs in OLD_LOGPROBS, "algorithm.old_logprobs", old_logprobs,
-                 f"choose one of: {', '.join(OLD_LOGPROBS)}")
-        kl = dict(kl or {})
-        self.beta, self.kl_fn = float(kl.get("beta", 0.02)), KL_ESTIMATORS.get(kl.get("estimator", "k3"))
-        _require(self.beta >= 0, "algorithm.kl.beta", self.beta, "must be ≥ 0")
-        self.overlong = dict(overlong or {"mode": "none"})
-        OVERLONG_MODES.get(self.overlong.get("mode", "none"))  # an unknown mode fails now, not at step 1
-        self.loss_agg = LOSS_AGG.get(loss_agg)
-        advantage = dict(advantage or {"name": "group_norm"})
-        self.advantage_fn, self.adv_eps = ADVANTAGES.get(advantage["name"]), float(advantage.get("eps", 1e-6))
-        # Checked now, built in configure_optimizers.
-        self.make_optimizer = optimizer_factory(**(optim or {}))
-        self.make_scheduler = scheduler_factory(**(scheduler or {}))
+        checked = self.check_settings(**{k: v for k, v in locals().items() if k != "self"})
+        self.automatic_optimization = not self.STEPS_OPTIMIZER_BY_HAND
+        self.beta, self.kl_fn = checked["beta"], checked["kl_fn"]
+        self.overlong, self.loss_agg = checked["overlong"], checked["loss_agg"]
+        self.advantage_fn, self.adv_eps = checked["advantage_fn"], checked["adv_eps"]
+        self.make_optimizer, self.make_scheduler = checked["make_optimizer"], checked["make_scheduler"]
 
         self.model, self.tokenizer, self.reward_set = model, tokenizer, reward_set
         if ref_model is None and self.beta > 0 and not hasattr(model, "disable_adapter"):

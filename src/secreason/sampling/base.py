@@ -1,0 +1,112 @@
+"""What every generator shares: sampling settings, per-call seeds, and the Rollout assembly.
+
+A generator turns B prompts (token ids) into B·n completions (`generate`) and, if it keeps its own
+copy of the weights, takes the policy's new ones (`sync_weights`). Each call's seed is derived
+from (seed, call count); the count is part of `generator_state()`, which the sampler callbacks put
+in the checkpoint, so a resumed run draws the same completions as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from secreason.errors import ConfigError
+from secreason.rollout import Rollout, SamplingConfig
+
+
+class Generator:
+    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 64, seed: int = 0) -> None:
+        for key, value, ok, rule in (
+                ("temperature", temperature, temperature >= 0, "must be ≥ 0"),
+                ("top_p", top_p, 0 < top_p <= 1, "must be in (0, 1]"),
+                ("max_tokens", max_tokens, max_tokens >= 1, "must be ≥ 1")):
+            if not ok:
+                raise ConfigError(f"sampler.{key}={value!r}: {rule}")
+        self.temperature, self.top_p, self.max_tokens = float(temperature), float(top_p), int(max_tokens)
+        self.seed = int(seed)
+        self.calls = 0
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    # -- what a generator implements -------------------------------------------------------------
+    def generate(self, prompt_ids: list[list[int]], n: int) -> Rollout:
+        raise NotImplementedError
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the next `generate` sample from `model`'s current weights."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what the generator holds beyond the policy (an engine); safe to call twice."""
+
+    # -- shared ----------------------------------------------------------------------------------
+    def bind(self, model: torch.nn.Module, tokenizer: Any) -> "Generator":
+        """Attach the policy and its tokenizer (the callbacks do it in `setup`)."""
+        self.model, self.tokenizer = model, tokenizer
+        return self
+
+    def sampling(self, n: int) -> SamplingConfig:
+        """This call's settings; the seed moves with every call."""
+        return SamplingConfig(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              seed=self.seed * 1_000_003 + self.calls)
+
+    def generator_state(self) -> dict:
+        return {"calls": self.calls, "seed": self.seed}
+
+    def load_generator_state(self, state: dict) -> None:
+        self.calls, self.seed = int(state["calls"]), int(state["seed"])
+
+
+def stop_token_ids(tokenizer: Any, model: torch.nn.Module | None) -> list[int]:
+    """The ids a completion ends at: the tokenizer's eos and the model's generation-config eos."""
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    configured = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        configured = []
+    elif not isinstance(configured, (list, tuple)):
+        configured = [configured]
+    return sorted({tokenizer.eos_token_id, *(int(i) for i in configured)} - {None})
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, P] ids and mask, padded on the left so every prompt ends at the same column."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def completions_to_rollout(prompt_ids: list[list[int]], n: int, completions: list[list[int]],
+                           logprobs: list[list[float]], eos_id: int, pad_id: int, max_tokens: int,
+                           tokenizer: Any) -> Rollout:
+    """Assemble a Rollout from per-completion token lists (each cut after its first eos)."""
+    rows = [p for p in prompt_ids for _ in range(n)]
+    p_ids, p_mask = left_pad(rows, pad_id)
+    width = max(1, max(len(c) for c in completions))
+    c_ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
+    c_mask = torch.zeros((len(completions), width), dtype=torch.long)
+    c_lp = torch.zeros((len(completions), width), dtype=torch.float32)
+    truncated = torch.zeros(len(completions), dtype=torch.bool)
+    for i, (toks, lps) in enumerate(zip(completions, logprobs)):
+        c_ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+        c_mask[i, : len(toks)] = 1
+        c_lp[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
+        truncated[i] = (not toks or toks[-1] != eos_id) and len(toks) >= max_tokens
+    texts = tokenizer.batch_decode(c_ids.masked_fill(c_mask == 0, pad_id).tolist(), skip_special_tokens=False)
+    pad_tok = tokenizer.convert_ids_to_tokens(pad_id)
+    texts = [t.replace(pad_tok, "") for t in texts]
+    group = torch.arange(len(prompt_ids)).repeat_interleave(n)
+    return Rollout(p_ids, p_mask, c_ids, c_mask, c_lp, group, truncated, texts)
+
+
+def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> int:
+    """Length of `tokens` up to and including the first eos."""
+    for i, t in enumerate(tokens):
+        if t in eos_ids:
+            return i + 1
+    return len(tokens)

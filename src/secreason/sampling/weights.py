@@ -1,0 +1,117 @@
+"""The policy's weights under HF checkpoint names, LoRA merged: one strategy for every consumer.
+
+`hf_weights(model)` is what the vLLM engine is synced with, and `save_policy` (built on it) is what
+the engine starts from and what `secreason.models.export_hf` writes. So the exported model is the
+model the sampler served and the rewards scored: for QLoRA, the dequantized 4-bit base plus the
+adapters' deltas (not a fresh full-precision base, which the adapters were never trained against).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+def policy_dtype(model: torch.nn.Module) -> str:
+    """The name of the policy's floating dtype (packed 4-bit uint8 weights are skipped)."""
+    for p in base_model(model).parameters():
+        if p.dtype in DTYPE_NAMES:
+            return DTYPE_NAMES[p.dtype]
+    return "float32"
+
+
+def _lora_path(parts: list[str]) -> bool:
+    return any(p.startswith("lora_") for p in parts) or "original_module" in parts
+
+
+def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the policy as a plain HF checkpoint: LoRA merged, names without peft's prefixes.
+
+    A plain model yields its state dict. A peft LoRA model yields base weight + Σ active adapters'
+    `get_delta_weight`, one layer at a time (no copy of the model, nothing modified in place; a 4-bit
+    base is dequantized); modules_to_save yield their trained copy. DoRA and other non-LoRA tuners
+    fall back to merge in place → read → unmerge.
+    """
+    if not hasattr(model, "peft_config"):
+        for name, tensor in model.state_dict().items():
+            yield name, tensor.detach()
+        return
+    base = model.get_base_model()
+    if any(getattr(cfg, "peft_type", None) != "LORA" or getattr(cfg, "use_dora", False)
+           for cfg in model.peft_config.values()):
+        yield from _merged_in_place(model)
+        return
+    real = {n for n, _ in base.named_parameters(remove_duplicate=False)}
+    real |= {n for n, _ in base.named_buffers(remove_duplicate=False)}
+    for name, tensor in base.state_dict(keep_vars=True).items():
+        parts = name.split(".")
+        if name not in real or _lora_path(parts):  # not real: bitsandbytes quant-state entries
+            continue
+        if "modules_to_save" in parts:
+            i = parts.index("modules_to_save")
+            owner = base.get_submodule(".".join(parts[:i]))
+            if parts[i + 1] == getattr(owner, "active_adapter", parts[i + 1]):
+                yield ".".join(parts[:i] + parts[i + 2:]), tensor.detach()
+            continue
+        if "base_layer" not in parts:
+            yield name, tensor.detach()
+            continue
+        i = parts.index("base_layer")
+        layer = base.get_submodule(".".join(parts[:i]))
+        w = _dequantized(tensor)
+        if parts[i + 1:] == ["weight"] and not getattr(layer, "merged", False) \
+                and not getattr(layer, "disable_adapters", False):
+            for adapter in layer.active_adapters:
+                if adapter in getattr(layer, "lora_A", {}) or adapter in getattr(layer, "lora_embedding_A", {}):
+                    w = w + layer.get_delta_weight(adapter).to(w.dtype)
+        yield ".".join(parts[:i] + parts[i + 1:]), w.detach()
+
+
+def _dequantized(tensor: torch.Tensor) -> torch.Tensor:
+    if getattr(tensor, "quant_state", None) is None:
+        return tensor
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    return dequantize_bnb_weight(tensor, state=tensor.quant_state)
+
+
+def _merged_in_place(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """Fallback (DoRA, other tuners): merge → copy the merged weights → unmerge."""
+    model.merge_adapter()
+    try:
+        items = []
+        for name, tensor in model.get_base_model().state_dict().items():
+            parts = name.split(".")
+            if _lora_path(parts):
+                continue
+            if "modules_to_save" in parts:
+                i = parts.index("modules_to_save")
+                parts = parts[:i] + parts[i + 2:]
+            items.append((".".join(p for p in parts if p != "base_layer"), tensor.detach().clone()))
+    finally:
+        model.unmerge_adapter()
+    yield from items
+
+
+def save_policy(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
+    """The policy's current weights (LoRA merged, 4-bit dequantized) + tokenizer as a plain HF dir."""
+    out_dir = Path(out_dir)
+    base = base_model(model)
+    state = None if base is model else dict(hf_weights(model))
+    base.save_pretrained(out_dir, state_dict=state)
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.pop("quantization_config", None) is not None:  # merged weights are full precision
+        cfg["dtype"] = policy_dtype(model)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
