@@ -100,8 +100,9 @@ def mean_group_std(values: Sequence[float], group_index: Sequence[int]) -> float
     return _mean(stds)
 
 
-# Counters logged for every reward and penalty that keeps `stats`, 0 when nothing happened, so a
-# chart of them exists before the first failure; any other counter is logged from its first count on.
+# Counters logged for every reward and penalty that keeps `stats`, in every batch (0 when nothing
+# happened or no row was routed to it), so a chart of them exists before the first failure; any
+# other counter is logged from its first count on.
 ALWAYS_COUNTED = ("timeouts", "errors")
 
 
@@ -176,7 +177,8 @@ class RewardSet:
         for name, reward in self.rewards.items():
             index = [i for i in range(n) if tasks[i] in reward.tasks]
             per_reward[name] = [None] * n
-            if not index:
+            if not index:  # its counters are still logged (as 0), so every chart exists from step 1
+                self._report(name, {}, stats, ALWAYS_COUNTED if hasattr(reward.fn, "stats") else ())
                 continue
             scores = self._run(name, reward.fn, [completions[i] for i in index], [rows[i] for i in index], stats)
             for i, score in zip(index, scores):

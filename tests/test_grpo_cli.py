@@ -106,3 +106,30 @@ def test_every_combination_runs_in_one_multirun_and_moves_the_policy(run_train, 
             for key in ("train/loss", "train/kl", "train/reward/total", "rollout/zero_std_frac"):
                 assert math.isfinite(float(r[key])), (job.name, key)
     assert combos == set(itertools.product(LOSS_AGG, FORMAT_PENALTY, ADVANTAGE))
+
+
+# ------------------------------------------------------------------------------------ issue 15, Must-show 5
+
+def test_a_grpo_run_logs_penalty_reasons_reward_stats_and_group_std_to_csv_and_wandb(run_train):
+    """The real configs (rewards=cyber, format_penalty=think_quality, logger=default: CSV + wandb
+    offline): every reason the penalty can give, each reward's counters and the group std are logged."""
+    from secreason.rewards.format_penalty import ThinkQuality
+
+    proc = run_train("+experiment=grpo", "trainer.max_steps=2", "data.batch_size=4", "algorithm.num_generations=2",
+                     "sampler.max_tokens=16", *QUIET)
+    ok(proc)
+    expected = ({f"train/penalty/{reason}" for reason in ThinkQuality.REASONS} | {"train/reward/std"}
+                | {f"train/reward_stats/{name}/{stat}" for name in ("mcqa", "cwe", "cvss", "attack", "math",
+                                                                     "format_penalty")
+                   for stat in ("timeouts", "errors")} | {"train/reward_stats/unrouted"})
+    rows = [r for r in csv.DictReader(open(proc.run_dir / "csv" / "metrics.csv")) if r.get("train/loss")]
+    assert len(rows) == 2
+    for key in expected:
+        values = [r.get(key) for r in rows]
+        assert all(v not in (None, "") and math.isfinite(float(v)) for v in values), (key, values)
+    # wandb's offline run file is a log of protobuf records, whose history items carry each key as
+    # plain UTF-8: every key is there, written by the same logging call as the CSV's.
+    (run_file,) = (proc.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    data = run_file.read_bytes()
+    missing = sorted(key for key in expected if key.encode() not in data)
+    assert not missing, missing

@@ -294,6 +294,10 @@ def test_reward_set_routes_weights_and_marks_unrouted():
     assert metrics["train/reward/mcqa"] == 1.0 and metrics["train/reward/bonus"] == 0.5  # routed rows only
     assert metrics["train/reward_stats/unrouted"] == 1.0
     assert metrics["train/reward/correctness"] == pytest.approx(4 / 3)
+    # a batch with no cwe row still logs cwe's counters (as 0), so the chart exists from step 1
+    quiet = rs([THINK + "Answer: B"], rows[:1]).metrics()
+    assert quiet["train/reward_stats/cwe/timeouts"] == 0.0 and quiet["train/reward_stats/cwe/errors"] == 0.0
+    assert "train/reward/cwe" not in quiet  # no routed row: no mean
 
 
 def test_reward_set_penalty_and_bad_reward_values_never_nan():
