@@ -1,7 +1,7 @@
 """Benchmark subsets during training (`callbacks=with_eval`): logs `val/<benchmark>/<key>`.
 
 Every `every_n_steps` optimizer steps (and at each epoch end) the first `limit` items of each
-benchmark are answered by the live policy through an `HFSampler` bound to it, like the HF rollout
+benchmark are answered by the live policy through an `HFGenerator` bound to it, like the HF rollout
 sampler, and scored by the same code as `eval.py` (the report protocol by default). It runs on
 global rank zero only. HarmBench is scored with the offline refusal judge here.
 """
@@ -12,10 +12,11 @@ from typing import Any, Sequence
 
 import lightning as L
 
-from secreason.callbacks.hf_sampler import HFSampler
 from secreason.eval import benchmarks, metrics, prompts
 from secreason.eval.generate import complete
 from secreason.eval.runner import Scorer
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS
+from secreason.sampling.hf import HFGenerator
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class EvalCallback(L.Callback):
                  limit: int = 16, every_n_steps: int = 50, at_epoch_end: bool = True, protocol: str = "report",
                  temperature: float = 0.6, top_p: float = 0.95, max_tokens: int = 256, seeds: int = 1,
                  seed: int = 0, batch_size: int | None = 8,
-                 think_tags: Sequence[str] | None = ("<think>", "</think>")) -> None:
+                 think_tags: Sequence[str] | None = DEFAULT_THINK_TAGS) -> None:
         if every_n_steps < 1 or limit < 1 or seeds < 1:
             raise ValueError(f"eval callback: need every_n_steps, limit and seeds ≥ 1 "
                              f"(got {every_n_steps}, {limit}, {seeds})")
@@ -33,7 +34,7 @@ class EvalCallback(L.Callback):
         self.data_dir, self.limit, self.every_n_steps = data_dir, int(limit), int(every_n_steps)
         self.at_epoch_end, self.protocol, self.seeds = at_epoch_end, protocol, int(seeds)
         self.think_tags = tuple(think_tags) if think_tags else ()
-        self.sampler = HFSampler(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+        self.sampler = HFGenerator(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                                  batch_size=batch_size)
         self.tasks: list[tuple[str, list, list, Scorer]] = []
         self.last_step = -1

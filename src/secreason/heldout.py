@@ -5,14 +5,15 @@ from typing import Any, Sequence
 
 import torch
 
-from secreason.sampling.hf import HFGenerator
 from secreason.data.chat import encode_prompt
 from secreason.modules.rollout_stats import rollout_metrics
+from secreason.rewards.extraction import DEFAULT_THINK_TAGS
+from secreason.sampling.hf import HFGenerator
 
 
 def heldout_scores(model, tokenizer, rows: Sequence[dict], reward_set: Any, temperature: float = 0.0,
                    max_tokens: int = 48, batch_size: int = 64, seed: int = 0, samples: int = 1,
-                   think_tags: tuple[str, str] = ("<think>", "</think>"), system_prompt: str | None = None
+                   think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, system_prompt: str | None = None
                    ) -> dict[str, float]:
     """Mean correctness (before the format penalty), total reward and think statistics over `rows`.
 
