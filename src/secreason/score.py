@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from secreason.data.jsonl import iter_jsonl
+from secreason.errors import UserError
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 REQUIRED_KEYS = ("task", "completion", "answer")
 
 
-class InputError(Exception):
+class InputError(UserError):
     """One line for the user: what is wrong and where."""
 
 

@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from secreason.errors import ConfigError
+
 SPECIAL_TOKENS = ["<pad>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<think>", "</think>"]
 PAD, EOS = "<pad>", "<|end|>"
 
@@ -63,7 +65,7 @@ def build(out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     from secreason.data.synth import tokenizer_corpus
 
     if size not in SIZES:
-        raise ValueError(f"model size {size!r} unknown; choose one of {sorted(SIZES)}")
+        raise ConfigError(f"model.tiny_size={size!r} unknown; choose one of {sorted(SIZES)}")
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(tokenizer_corpus(seed=seed))
     config = LlamaConfig(

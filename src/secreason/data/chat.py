@@ -7,6 +7,8 @@ it needs no `{% generation %}` markers in the template.
 """
 from __future__ import annotations
 
+from secreason.errors import ConfigError
+
 IGNORE_INDEX = -100
 
 
@@ -26,7 +28,8 @@ def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
         turn = render_ids(tokenizer, messages[: i + 1])
         start, end = len(head), len(turn)
         if ids[:start] != head or ids[:end] != turn:
-            raise ValueError("the chat template is not prefix-stable; assistant masking needs one")
+            raise ConfigError("the chat template (model.chat_template, else the tokenizer's) is not prefix-stable; "
+                              "assistant masking needs one")
         labels[start:end] = ids[start:end]
     return ids, labels
 

@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from secreason.data.jsonl import iter_jsonl
+from secreason.errors import DataError  # noqa: F401 (imported from here too: `secreason.data.rows.DataError`)
 
 log = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class DataError(ValueError):
-    """Bad data input: the message names the file (and line) and what is wrong."""
 
 
 def resolve_files(path: str, split: str) -> list[Path] | None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from secreason.errors import ConfigError
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 
 TASKS = ("mcqa", "cwe", "cvss", "attack", "math")
@@ -242,18 +243,18 @@ def _check_args(tasks, n_sft, n_rl, n_test, think_tags, empty_think_frac, task_w
     tasks = tuple(tasks.split(",")) if isinstance(tasks, str) else tuple(tasks)
     unknown = [t for t in tasks if t not in MAKERS]
     if not tasks or unknown or len(set(tasks)) != len(tasks):
-        raise ValueError(f"tasks={list(tasks)}: give distinct names from {list(TASKS)}")
+        raise ConfigError(f"tasks={list(tasks)}: give distinct names from {list(TASKS)}")
     for name, n in (("n_sft", n_sft), ("n_rl", n_rl), ("n_test", n_test)):
         if not isinstance(n, int) or n < 0:
-            raise ValueError(f"{name}={n!r}: must be an integer >= 0")
+            raise ConfigError(f"{name}={n!r}: must be an integer >= 0")
     if not 0.0 <= empty_think_frac <= 1.0:
-        raise ValueError(f"empty_think_frac={empty_think_frac}: must be in [0, 1]")
+        raise ConfigError(f"empty_think_frac={empty_think_frac}: must be in [0, 1]")
     if len(think_tags) != 2 or not all(isinstance(t, str) and t for t in think_tags):
-        raise ValueError(f"think_tags={think_tags!r}: need (open, close), both non-empty")
+        raise ConfigError(f"think_tags={think_tags!r}: need (open, close), both non-empty")
     if task_weights is not None:
         extra = set(task_weights) - set(tasks)
         if extra or any(v < 0 for v in task_weights.values()) or sum(task_weights.values()) <= 0:
-            raise ValueError(f"task_weights={task_weights}: weights >= 0 for tasks in {list(tasks)}, sum > 0")
+            raise ConfigError(f"task_weights={task_weights}: weights >= 0 for tasks in {list(tasks)}, sum > 0")
     return tasks
 
 

@@ -9,10 +9,11 @@
 - `generate`    turns messages into completions through the training samplers.
 - `runner`      ties it together: items → responses → scores → items.jsonl, summary.json, wandb.
 
-Every bad input is raised as `EvalError`; `eval.py` prints it as one `error: ...` line and exits 2.
-It is a ValueError so that `secreason.cli.run_or_exit`, which guards train.py too, handles it.
+Every bad input is raised as `EvalError`, a `secreason.errors.UserError`: `eval.py` prints it as
+one `error: ...` line and exits 2 (secreason.cli). It is a ValueError too, as it always was.
 """
+from secreason.errors import UserError
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """A user-facing evaluation error: bad config, missing data or a malformed response file."""
