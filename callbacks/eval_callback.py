@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import lightning as L
 
+from secreason.errors import ConfigError
 from secreason.eval import benchmarks, metrics, prompts
 from secreason.eval.generate import complete
 from secreason.eval.runner import Scorer
@@ -28,7 +29,7 @@ class EvalCallback(L.Callback):
                  seed: int = 0, batch_size: int | None = 8,
                  think_tags: Sequence[str] | None = DEFAULT_THINK_TAGS) -> None:
         if every_n_steps < 1 or limit < 1 or seeds < 1:
-            raise ValueError(f"eval callback: need every_n_steps, limit and seeds ≥ 1 "
+            raise ConfigError(f"eval callback: need every_n_steps, limit and seeds ≥ 1 "
                              f"(got {every_n_steps}, {limit}, {seeds})")
         self.names = list(benchmarks)
         self.data_dir, self.limit, self.every_n_steps = data_dir, int(limit), int(every_n_steps)
@@ -46,7 +47,7 @@ class EvalCallback(L.Callback):
         for name in self.names:
             bench = benchmarks.get(name)
             if self.protocol == "ctibench" and not bench.ctibench:
-                raise ValueError(f"eval callback: protocol=ctibench applies only to ctibench_*, not {name}")
+                raise ConfigError(f"eval callback: protocol=ctibench applies only to ctibench_*, not {name}")
             items = benchmarks.load_items(bench, self.data_dir, self.limit)
             system = prompts.CTIBENCH_SYSTEM_PROMPT if self.protocol == "ctibench" else None
             conversations = [prompts.messages(self.protocol, bench.family, it, system) for it in items]

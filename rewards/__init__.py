@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any, Sequence
 
+from secreason.errors import ConfigError
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS, split_think
 from secreason.rewards.timeout import RewardTimeout, run_with_time_limit
 
@@ -47,7 +48,7 @@ def as_think_tags(think_tags: Sequence[str] | None) -> tuple[str, str] | None:
         return None
     tags = tuple(str(t) for t in think_tags)
     if len(tags) != 2 or not all(tags):
-        raise ValueError(f"think_tags must be two non-empty strings, got {think_tags!r}")
+        raise ConfigError(f"think_tags must be two non-empty strings, got {think_tags!r}")
     return tags  # type: ignore[return-value]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from secreason.errors import ConfigError
 from secreason.rewards import Reward
 from secreason.rewards.extraction import extract_attack_ids, split_ids, strip_subtechnique
 
@@ -40,7 +41,7 @@ class ATTACKReward(Reward):
     def __init__(self, subtechniques: str = "strip", **kwargs: Any):
         super().__init__(**kwargs)
         if subtechniques not in SUBTECHNIQUES:
-            raise ValueError(f"subtechniques must be one of {SUBTECHNIQUES}, got {subtechniques!r}")
+            raise ConfigError(f"subtechniques must be one of {SUBTECHNIQUES}, got {subtechniques!r}")
         self.subtechniques = subtechniques
 
     def score(self, completion: str, gold: Any) -> float:

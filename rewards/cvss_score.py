@@ -10,6 +10,7 @@ from typing import Any
 
 from cvss import CVSS3
 
+from secreason.errors import ConfigError
 from secreason.rewards import Reward
 from secreason.rewards.extraction import CVSS_PATTERNS, extract
 
@@ -58,11 +59,11 @@ class CVSSReward(Reward):
                  **kwargs: Any):
         super().__init__(**kwargs)
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         if match not in MATCHES:
-            raise ValueError(f"match must be one of {MATCHES}, got {match!r}")
+            raise ConfigError(f"match must be one of {MATCHES}, got {match!r}")
         if per_metric and mode != "graded":
-            raise ValueError("per_metric applies to mode='graded' only")
+            raise ConfigError("per_metric applies to mode='graded' only")
         self.mode, self.match, self.per_metric = mode, match, bool(per_metric)
 
     def score(self, completion: str, gold: Any) -> float:

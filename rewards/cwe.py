@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from secreason.errors import ConfigError
 from secreason.rewards import Reward
 from secreason.rewards.extraction import CWE_PATTERNS, all_values, cwe_number, extract
 
@@ -65,7 +66,7 @@ class CWEReward(Reward):
     def __init__(self, partial_credit: float = 0.0, **kwargs: Any):
         super().__init__(**kwargs)
         if not 0.0 <= partial_credit <= 1.0:
-            raise ValueError(f"partial_credit must be in [0, 1], got {partial_credit}")
+            raise ConfigError(f"partial_credit must be in [0, 1], got {partial_credit}")
         self.partial_credit = float(partial_credit)
         if self.partial_credit:
             load_hierarchy()  # read the catalog now, not inside the first scoring time limit

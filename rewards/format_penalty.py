@@ -18,6 +18,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any, Sequence
 
+from secreason.errors import ConfigError
 from secreason.rewards import aligned, as_think_tags
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS, ThinkSplit, split_think
 from secreason.rewards.timeout import RewardTimeout, run_with_time_limit
@@ -93,10 +94,10 @@ class RequireThink:
                  think_tags: Sequence[str] | None = DEFAULT_THINK_TAGS,
                  require_open_tag: bool = True, timeout_s: float | None = 1.0):
         if not penalty <= 0.0:
-            raise ValueError(f"penalty must be <= 0, got {penalty}")
+            raise ConfigError(f"penalty must be <= 0, got {penalty}")
         tags = as_think_tags(think_tags)
         if tags is None:
-            raise ValueError("a think-format penalty needs think_tags")
+            raise ConfigError("a think-format penalty needs think_tags")
         self.penalty = float(penalty)
         self.think_tags = tags
         self.require_open_tag = bool(require_open_tag)
@@ -177,9 +178,9 @@ class ThinkQuality(RequireThink):
                  token_unit: str = "word_or_symbol", timeout_s: float | None = 1.0):
         super().__init__(penalty, think_tags, require_open_tag, timeout_s)
         if ngram < 1 or min_tokens < 0:
-            raise ValueError("ngram must be >= 1 and min_tokens >= 0")
+            raise ConfigError("ngram must be >= 1 and min_tokens >= 0")
         if token_unit not in TOKEN_PATTERNS:
-            raise ValueError(f"token_unit must be one of {sorted(TOKEN_PATTERNS)}, got {token_unit!r}")
+            raise ConfigError(f"token_unit must be one of {sorted(TOKEN_PATTERNS)}, got {token_unit!r}")
         self.token_pattern = TOKEN_PATTERNS[token_unit]
         self.min_tokens = int(min_tokens)
         self.max_prompt_overlap = float(max_prompt_overlap)

@@ -28,6 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from secreason.errors import ConfigError
+
 RESERVED_NAMES = frozenset({"total", "correctness", "format_penalty", "penalised_frac",
                             "unrouted", "penalty_reasons", "task"})
 # Row keys never passed to a reward as columns (they would clash with its own arguments).
@@ -129,21 +131,21 @@ def _plain(value: Any) -> Any:
 def _routed_reward(name: str, spec: Any) -> RoutedReward:
     spec = _plain(spec)
     if not isinstance(spec, Mapping) or "fn" not in spec or "tasks" not in spec:
-        raise ValueError(f"reward {name!r} needs a mapping with 'fn', 'tasks' (and 'weight')")
+        raise ConfigError(f"reward {name!r} needs a mapping with 'fn', 'tasks' (and 'weight')")
     fn = spec["fn"]
     if isinstance(_plain(fn), Mapping):  # a `_target_` node Hydra did not instantiate
         from hydra.utils import instantiate
 
         fn = instantiate(fn)
     if not callable(fn):
-        raise ValueError(f"reward {name!r}: fn is not callable ({type(fn).__name__})")
+        raise ConfigError(f"reward {name!r}: fn is not callable ({type(fn).__name__})")
     tasks = _plain(spec["tasks"])
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
-        raise ValueError(f"reward {name!r} routes no task")
+        raise ConfigError(f"reward {name!r} routes no task")
     weight = float(spec.get("weight", 1.0))
     if not math.isfinite(weight):
-        raise ValueError(f"reward {name!r}: weight must be finite, got {weight}")
+        raise ConfigError(f"reward {name!r}: weight must be finite, got {weight}")
     return RoutedReward(fn, weight, frozenset(str(t) for t in tasks))
 
 
@@ -151,11 +153,11 @@ class RewardSet:
     def __init__(self, rewards: Mapping[str, Any], format_penalty: Any = None):
         rewards = _plain(rewards)
         if not rewards:
-            raise ValueError("a RewardSet needs at least one reward")
+            raise ConfigError("a RewardSet needs at least one reward")
         self.rewards: dict[str, RoutedReward] = {}
         for name, spec in rewards.items():
             if name in RESERVED_NAMES:
-                raise ValueError(f"reward name {name!r} is reserved")
+                raise ConfigError(f"reward name {name!r} is reserved")
             self.rewards[str(name)] = _routed_reward(str(name), spec)
         self.format_penalty = format_penalty
         # every counter key a reward has ever reported: logged (as 0) in the batches it stays quiet

@@ -103,15 +103,42 @@ def _merged_in_place(model) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def save_policy(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
-    """The policy's current weights (LoRA merged, 4-bit dequantized) + tokenizer as a plain HF dir."""
+    """The policy's current weights (LoRA merged, 4-bit dequantized) + tokenizer as a plain HF dir.
+
+    A plain model saves itself. Otherwise the merged tensors are written as one safetensors file
+    beside the base's config without its quantization_config: transformers' `save_pretrained` of a
+    quantized model writes its packed 4-bit state whatever `state_dict` it is given.
+    """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     base = base_model(model)
-    state = None if base is model else dict(hf_weights(model))
-    base.save_pretrained(out_dir, state_dict=state)
-    cfg_path = out_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.pop("quantization_config", None) is not None:  # merged weights are full precision
-        cfg["dtype"] = policy_dtype(model)
+    if base is model:
+        base.save_pretrained(out_dir)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(_unshared(hf_weights(model)), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        base.config.save_pretrained(out_dir)
+        cfg_path = out_dir / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.pop("quantization_config", None) is not None:  # merged weights are full precision
+            cfg["dtype"] = policy_dtype(model)
         cfg_path.write_text(json.dumps(cfg, indent=2))
+        if getattr(base, "generation_config", None) is not None:
+            base.generation_config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _unshared(weights: Iterator[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, each storage once: a tied lm_head shares the embedding's (safetensors
+    refuses shared storage; `from_pretrained` ties it again from the config)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in weights:
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen and tensor.numel():
+            continue
+        seen.add(ptr)
+        out[name] = tensor.contiguous()
+    return out
