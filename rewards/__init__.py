@@ -2,7 +2,8 @@
 
 A reward is `fn(completions: list[str], **columns) -> list[float]`: `columns` are the RL rows'
 columns as lists aligned with `completions` (`answer=[...]`, `task=[...]`, `prompt=[...]`);
-columns a reward does not use are ignored.
+columns a reward does not use are ignored. Completions may also come in TRL's conversational form
+(message lists); `as_text` reads them. TRL-style functions plug in unchanged (`calling.py`).
 
 `Reward` is the shared base: it splits off the think block, scores one completion at a time
 under a time limit, and turns every failure into 0.0, so a reward never raises on any string
@@ -19,7 +20,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from secreason.errors import ConfigError
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS, split_think
@@ -40,6 +41,22 @@ def aligned(column: Sequence[Any] | None, n: int, name: str) -> list[Any]:
     if len(values) != n:
         raise ValueError(f"column {name!r} has {len(values)} values for {n} completions")
     return values
+
+
+def as_text(completion: Any) -> Any:
+    """A completion as text: a string as is; TRL's conversational form (a list of message dicts,
+    or one message dict) as the content of its assistant messages (all messages when none is
+    marked assistant), joined; anything else unchanged, so it is scored as non-string."""
+    if isinstance(completion, str):
+        return completion
+    messages = [completion] if isinstance(completion, Mapping) else completion
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, Mapping) for m in messages):
+        return completion
+    contents = [m.get("content") for m in messages if m.get("role", "assistant") == "assistant"]
+    contents = contents or [m.get("content") for m in messages]
+    if not all(isinstance(c, str) for c in contents):
+        return completion
+    return "".join(contents)
 
 
 def as_think_tags(think_tags: Sequence[str] | None) -> tuple[str, str] | None:
@@ -69,6 +86,7 @@ class Reward(ABC):
         return [self.safe_score(c, g) for c, g in zip(completions, golds)]
 
     def safe_score(self, completion: Any, gold: Any) -> float:
+        completion = as_text(completion)
         if not isinstance(completion, str):
             self.stats["non_string"] += 1
             return 0.0

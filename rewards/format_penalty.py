@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from secreason.errors import ConfigError
-from secreason.rewards import aligned, as_think_tags
+from secreason.rewards import aligned, as_text, as_think_tags
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS, ThinkSplit, split_think
 from secreason.rewards.timeout import RewardTimeout, run_with_time_limit
 
@@ -59,6 +59,15 @@ def prompt_overlap(text: str, prompt: str, n: int = 3) -> float:
 def _prompt_ngrams(prompt: str, n: int) -> frozenset[tuple[str, ...]]:
     # GRPO scores n completions of each prompt in a row, and ATE prompts run to 20k characters.
     return frozenset(word_ngrams(prompt, n))
+
+
+def _last_user_text(prompt: Any) -> str | None:
+    """The last user message's text of a conversational prompt (TRL's form), else None."""
+    if isinstance(prompt, list):
+        for message in reversed(prompt):
+            if isinstance(message, dict) and message.get("role") == "user" and isinstance(message.get("content"), str):
+                return message["content"]
+    return None
 
 
 class NoPenalty:
@@ -122,9 +131,10 @@ class RequireThink:
         """`reasons` that never raises: a non-string completion is "not_text"; a check that
         fails or overruns is counted in `stats` (timeouts, errors) and does not penalise (it is
         our bug, not the model's)."""
+        completion = as_text(completion)
         if not isinstance(completion, str):
             return ["not_text"]
-        prompt_text = prompt if isinstance(prompt, str) else None
+        prompt_text = prompt if isinstance(prompt, str) else _last_user_text(prompt)
         try:
             found = run_with_time_limit(lambda: self.reasons(completion, prompt_text), self.timeout_s)
         except RewardTimeout:

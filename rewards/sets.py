@@ -12,8 +12,11 @@ Meaning of each number, per row (`RewardResult`):
 - format_penalty = 0 or the penalty's negative value;
 - total = correctness + format_penalty, the training reward.
 A row whose task no reward covers gets correctness 0, is marked `routed=False` and counted in
-`stats["unrouted"]`; a reward value that is None, NaN or not a number becomes 0 and is counted
-in `stats["<name>/invalid"]`. Nothing is ever NaN (peer-bugs §2).
+`stats["unrouted"]`. A reward value of None means "not applicable" (TRL's meaning): it is left out
+of that reward's mean and of the weighted sum, and counted as "<name>/not_applicable". A NaN or
+a value that is not a number becomes 0 and is counted in `stats["<name>/invalid"]`. Nothing is
+ever NaN (peer-bugs §2). Reward functions are called by their own convention, ours or TRL's
+(secreason.rewards.calling).
 
 `RewardResult.stats` holds this batch's counts only: the set's own (unrouted, invalid) and what
 each reward and the penalty added to its `stats` Counter during this call (timeouts, errors,
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from secreason.errors import ConfigError
+from secreason.rewards.calling import call_reward
 
 RESERVED_NAMES = frozenset({"total", "correctness", "format_penalty", "penalised_frac",
                             "unrouted", "penalty_reasons", "task"})
@@ -167,7 +171,10 @@ class RewardSet:
     def tasks(self) -> frozenset[str]:
         return frozenset().union(*(r.tasks for r in self.rewards.values()))
 
-    def __call__(self, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> RewardResult:
+    def __call__(self, completions: Sequence[str], rows: Sequence[Mapping[str, Any]],
+                 completion_ids: Sequence[Sequence[int]] | None = None) -> RewardResult:
+        """Score `completions` (one row each); `completion_ids` (token ids) go to TRL-style
+        functions that take them."""
         n = len(completions)
         if len(rows) != n:
             raise ValueError(f"{len(rows)} rows for {n} completions")
@@ -182,10 +189,11 @@ class RewardSet:
             if not index:  # its counters are still logged (as 0), so every chart exists from step 1
                 self._report(name, {}, stats, ALWAYS_COUNTED if hasattr(reward.fn, "stats") else ())
                 continue
-            scores = self._run(name, reward.fn, [completions[i] for i in index], [rows[i] for i in index], stats)
+            ids = [completion_ids[i] for i in index] if completion_ids is not None else None
+            scores = self._run(name, reward.fn, [completions[i] for i in index], [rows[i] for i in index], stats, ids)
             for i, score in zip(index, scores):
                 per_reward[name][i] = score
-                correctness[i] += reward.weight * score
+                correctness[i] += 0.0 if score is None else reward.weight * score
                 routed[i] = True
         stats["unrouted"] = n - sum(routed)
         penalties, reasons = self._penalise(completions, rows, stats)
@@ -209,13 +217,18 @@ class RewardSet:
             stats[f"{name}/{key}"] += gained.get(key, 0)
 
     def _run(self, name: str, fn: Callable, completions: list[str], rows: list[Mapping],
-             stats: Counter[str]) -> list[float]:
+             stats: Counter[str], completion_ids: list | None = None) -> list[float | None]:
         keys = {k for row in rows for k in row.keys()} - _NOT_COLUMNS
         columns = {k: [row.get(k) for row in rows] for k in keys}
-        values = list(self._counted(name, fn, lambda: fn(completions, **columns), stats))
+        values = self._counted(name, fn, lambda: call_reward(fn, completions, columns, completion_ids), stats)
         if len(values) != len(completions):
             raise ValueError(f"reward {name!r} returned {len(values)} scores for {len(completions)}")
-        return self._clean(name, values, stats)
+        not_applicable = sum(v is None for v in values)
+        if not_applicable:
+            self._report(name, {"not_applicable": not_applicable}, stats)
+        clean = self._clean(name, [v for v in values if v is not None], stats)
+        numbers = iter(clean)
+        return [None if v is None else next(numbers) for v in values]
 
     def _clean(self, name: str, values: Sequence[Any], stats: Counter[str]) -> list[float]:
         """Finite floats; anything else becomes 0 and is counted as "<name>/invalid"."""

@@ -93,14 +93,14 @@ class FakeRewards:
             "parity": {"fn": Scored(lambda t: float(len(t) % 2)), "tasks": ["beta"]},
         }, format_penalty=ShortPenalty())
 
-    def __call__(self, texts, rows):
+    def __call__(self, texts, rows, completion_ids=None):
         n = len(texts)
         if self.constant is not None or self.totals is not None:
             total = [float(self.constant)] * n if self.constant is not None else list(self.totals)
             res = RewardResult(total=total, correctness=total, format_penalty=[0.0] * n,
                                per_reward={"const": total}, penalised=[False] * n, routed=[True] * n)
         else:
-            res = self.reward_set(texts, rows)
+            res = self.reward_set(texts, rows, completion_ids=completion_ids)
         self.results.append(res)
         return res
 

@@ -306,10 +306,11 @@ def test_reward_set_penalty_and_bad_reward_values_never_nan():
                    format_penalty=ThinkQuality())
     rows = [{"task": "mcqa", "answer": "B", "prompt": "Pick one."}] * 2
     result = rs(["<think> No</think>Answer: B", THINK + "Answer: B"], rows)
-    # hack: 1 (mcqa) + 0 (None→0) - 1 = 0; honest: 1 + 0 (NaN→0) + 0 = 1
+    # hack: 1 (mcqa) + nothing (None: not applicable) - 1 = 0; honest: 1 + 0 (NaN→0) + 0 = 1
     assert result.total == [0.0, 1.0] and result.correctness == [1.0, 1.0]
     assert result.penalised == [True, False] and result.penalty_reasons == [["short_think"], []]
-    assert result.stats["broken/invalid"] == 2
+    assert result.per_reward["broken"] == [None, 0.0]
+    assert result.stats["broken/invalid"] == 1 and result.stats["broken/not_applicable"] == 1
 
 
 def test_reward_result_metrics_by_hand():
@@ -439,3 +440,49 @@ def test_score_cli_missing_file_and_unknown_config(tmp_path):
     (tmp_path / "rows.jsonl").write_text('{"task": "mcqa", "completion": "B", "answer": "B"}\n')
     done = run_cli("--input", str(tmp_path / "rows.jsonl"), "--rewards", "nope")
     assert done.returncode == 2 and "unknown rewards config 'nope'" in done.stderr
+
+
+# ------------------------------------------------------------------------------------ TRL's conventions
+
+def test_a_conversational_completion_scores_as_its_string_content():
+    text = THINK + "Answer: B"
+    chat = [{"role": "assistant", "content": text}]
+    rows = [{"task": "mcqa", "answer": "B", "prompt": "Pick one."}]
+    rs = RewardSet({"mcqa": {"fn": MCQAReward(), "weight": 1.0, "tasks": ["mcqa"]}}, format_penalty=ThinkQuality())
+    plain, conversational = rs([text], rows), rs([chat], rows)
+    assert plain.total == conversational.total == [1.0] and conversational.penalty_reasons == [[]]
+    assert MCQAReward()([chat, {"role": "assistant", "content": text}], answer=["B", "B"]) == [1.0, 1.0]
+    wrong = [{"role": "assistant", "content": THINK + "Answer: C"}]
+    assert MCQAReward()([wrong], answer=["B"]) == [0.0]
+    assert MCQAReward()([[{"role": "assistant", "content": 3}]], answer=["B"]) == [0.0]  # not text: 0, no raise
+
+
+def test_a_trl_style_reward_plugs_in_unchanged():
+    """TRL calls fn(prompts=, completions=, completion_ids=, **columns); conversational prompts get
+    conversational completions; None is "not applicable"."""
+    seen = {}
+
+    def trl_reward(prompts, completions, completion_ids, solution, **kwargs):
+        seen.update(prompts=prompts, completions=completions, ids=completion_ids, kwargs=sorted(kwargs))
+        return [1.0 if c[0]["content"].endswith(s) else None for c, s in zip(completions, solution)]
+
+    def named_only(completions, solution):  # no **kwargs: gets only what it names
+        return [0.5 for _ in completions]
+
+    rs = RewardSet({"trl": {"fn": trl_reward, "weight": 2.0, "tasks": ["t"]},
+                    "named": {"fn": named_only, "weight": 1.0, "tasks": ["t"]}})
+    prompt = [{"role": "user", "content": "Say ok."}]
+    rows = [{"task": "t", "prompt": prompt, "solution": "ok"}, {"task": "t", "prompt": prompt, "solution": "no"}]
+    result = rs(["fine, ok", "fine, ok"], rows, completion_ids=[[1, 2], [3]])
+    assert seen["prompts"] == [prompt, prompt] and seen["ids"] == [[1, 2], [3]]
+    assert seen["completions"] == [[{"role": "assistant", "content": "fine, ok"}]] * 2
+    assert "task" in seen["kwargs"] and "completion_ids" not in seen["kwargs"]
+    # row 0: 2·1 + 0.5; row 1: the TRL reward does not apply (None) → only 0.5
+    assert result.correctness == [2.5, 0.5] and result.per_reward["trl"] == [1.0, None]
+    assert result.stats["trl/not_applicable"] == 1 and "trl/invalid" not in result.stats
+    assert result.metrics()["train/reward/trl"] == 1.0  # the mean leaves the None out
+
+
+def test_our_positional_convention_still_works():
+    rs = RewardSet({"len": {"fn": lambda texts, **columns: [float(len(t)) for t in texts], "tasks": ["t"]}})
+    assert rs(["ab", "abc"], [{"task": "t"}, {"task": "t"}]).correctness == [2.0, 3.0]

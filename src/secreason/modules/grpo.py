@@ -181,7 +181,8 @@ class GRPOModule(L.LightningModule):
     def score(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
         """Total rewards [N] and the reward metrics of this batch."""
         expanded = [row for row in rows for _ in range(self.num_generations)]
-        result = self.reward_set(rollout.texts, expanded)
+        ids = [row[mask.bool()].tolist() for row, mask in zip(rollout.completion_ids, rollout.completion_mask)]
+        result = self.reward_set(rollout.texts, expanded, completion_ids=ids)  # ids: for TRL-style rewards
         return torch.tensor(result.total, dtype=torch.float32), result.metrics(rollout.group_index.tolist())
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
