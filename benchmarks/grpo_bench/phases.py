@@ -1,4 +1,4 @@
-"""Profiler events → seconds per phase for each training step.
+"""Profiler events → seconds per phase for each training step (pure: no torch, no Lightning).
 
 GRPOModule and the sampler callbacks name their phases through Lightning's profiler
 (`trainer.profiler.profile("grpo/…")`); Lightning itself profiles every hook and the step body.
@@ -7,6 +7,9 @@ An event is (action name, start, end) in seconds of one clock. A step opens at t
 in that hook) and runs to the next step's opening; the last step ends with its last
 `*.on_train_batch_end` hook (where the sampler syncs). "other" is the step's time outside every
 named phase: rollout metrics, logging, data loading, Lightning's own work.
+
+TRL's run (trl_run.py) records events under the same phase names and its own step windows, and
+goes through `phase_seconds` too.
 """
 from __future__ import annotations
 
@@ -19,39 +22,45 @@ PHASES = (*PHASE_ACTIONS, "other")
 STEP_BODY = "run_training_batch"
 OPENING_HOOK, CLOSING_HOOK = ".on_train_batch_start", ".on_train_batch_end"
 
-Event = tuple[str, float, float]
+Event = Sequence  # (name: str, start: float, end: float); JSON gives lists
+Window = tuple[float, float]
 
 
-def step_windows(events: Iterable[Event]) -> list[tuple[float, float]]:
-    """(start, end) of each training step, in order."""
-    starts: list[float] = []
-    body_seen, last_close = True, None
-    for name, start, end in sorted(events, key=lambda e: e[1]):
-        if name.endswith(OPENING_HOOK) and body_seen:
-            starts.append(start)
-            body_seen = False
-        elif name == STEP_BODY:
-            body_seen = True
-        elif name.endswith(CLOSING_HOOK) and starts:
-            last_close = end if last_close is None else max(last_close, end)
+def step_windows(events: Iterable[Event]) -> list[Window]:
+    """(start, end) of each Lightning training step, in order, whatever the events' order (ties included).
+
+    Each step body (`run_training_batch`) opens at the earliest opening hook between the previous
+    body's end and its own start; the last step closes at its last closing hook's end.
+    """
+    events = list(events)
+    bodies = sorted((s, e) for name, s, e in events if name == STEP_BODY)
+    opens = [s for name, s, _ in events if name.endswith(OPENING_HOOK)]
+    starts, prev_end = [], float("-inf")
+    for body_start, body_end in bodies:
+        starts.append(min([s for s in opens if prev_end <= s <= body_start], default=body_start))
+        prev_end = body_end
     if not starts:
         return []
-    ends = starts[1:] + [last_close if last_close is not None and last_close > starts[-1] else starts[-1]]
-    return list(zip(starts, ends))
+    closes = [e for name, s, e in events if name.endswith(CLOSING_HOOK) and s >= prev_end]
+    return list(zip(starts, starts[1:] + [max(closes, default=prev_end)]))
 
 
-def steps_from_events(events: Sequence[Event]) -> list[dict[str, float]]:
-    """One dict per step: seconds in each of PHASES, and "total" (the step's wall time).
+def phase_seconds(events: Sequence[Event], windows: Sequence[Window]) -> list[dict[str, float]]:
+    """One dict per window: seconds in each of PHASES, and "total" (the window's length).
 
-    A phase event counts in the step where it starts; a phase called several times in a step
-    (μ > 1 updates) adds up.
+    A phase event counts in the window where it starts; a phase called several times in a step
+    (μ > 1 updates, several micro-batch segments) adds up.
     """
     steps = []
-    for start, end in step_windows(events):
-        step = {phase: 0.0 for phase in PHASE_ACTIONS}
-        for phase, action in PHASE_ACTIONS.items():
-            step[phase] = sum(e - s for name, s, e in events if name == action and start <= s < end)
+    for start, end in windows:
+        step = {phase: sum(e - s for name, s, e in events if name == action and start <= s < end)
+                for phase, action in PHASE_ACTIONS.items()}
         step["total"] = end - start
         step["other"] = step["total"] - sum(step[p] for p in PHASE_ACTIONS)
         steps.append(step)
     return steps
+
+
+def steps_from_events(events: Sequence[Event]) -> list[dict[str, float]]:
+    """The phases of each Lightning training step, from a PhaseProfiler's events."""
+    return phase_seconds(events, step_windows(events))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,17 +42,6 @@ AB_LEVERS = [
 def selected(name: str, keys: list[str] | None) -> bool:
     """--only: a key matches names containing it; "=name" matches that name exactly."""
     return keys is None or any(name == k[1:] if k.startswith("=") else k in name for k in keys)
-
-
-def forced_length_model(model_path: str, max_tokens: int, dest: Path) -> str:
-    """A copy of the model dir whose generation_config.json sets min_new_tokens = max_tokens: HF
-    `generate` (our HF sampler, TRL) then masks eos until every completion has the full length."""
-    shutil.copytree(model_path, dest)
-    config_path = dest / "generation_config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    config["min_new_tokens"] = max_tokens
-    config_path.write_text(json.dumps(config, indent=1))
-    return str(dest)
 
 
 def select_prompts(model_path: str, n: int) -> list[dict]:
@@ -92,6 +81,22 @@ def own_cpu_s() -> float:
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+class OthersCpu:
+    """The share of the machine's cores that other processes used between two `mark()`s:
+    (machine busy time − this process's CPU time) / (wall × cores); 0 on an idle machine."""
+
+    def __init__(self) -> None:
+        self.last = None
+
+    def mark(self) -> float | None:
+        now = (time.perf_counter(), cpu_busy_s(), own_cpu_s())
+        last, self.last = self.last, now
+        if last is None or now[1] is None or last[1] is None or now[0] <= last[0]:
+            return None
+        others = (now[1] - last[1]) - (now[2] - last[2])
+        return max(0.0, others) / ((now[0] - last[0]) * (os.cpu_count() or 1))
 
 
 def machine_info() -> dict:
