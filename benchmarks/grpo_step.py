@@ -2,7 +2,7 @@
 """Seconds per GRPO step: our GRPOModule with sampler=hf and sampler=vllm against TRL's GRPOTrainer.
 
     python benchmarks/grpo_step.py                                     # tiny + small, 5 timed steps after 1 warm-up
-    python benchmarks/grpo_step.py --models tiny --steps 2 --no-write  # smoke run (a few minutes)
+    python benchmarks/grpo_step.py --models tiny --steps 2             # smoke run (a few minutes; writes no RESULTS.md)
 
 Every system gets the same model directory, the same 8 prompts × 4 completions per step (prompts of exactly
 48 tokens, so there is no prompt padding anywhere), completions forced to the full length (eos masked until
@@ -31,8 +31,9 @@ time between the starts of consecutive steps. Figures are per step after `--warm
 
 `speedup_vs_trl=<x>` per model = TRL's best median step (fp32 or bf16) / our best median step (any of our
 configurations that generates the same tokens); the lines also give the ratios against TRL in fp32 and
-against TRL in the same precision. Results go to benchmarks/RESULTS.md (or --out; the machine, the table,
-the lines) unless --no-write; raw per-step numbers to a JSON file (--json).
+against TRL in the same precision. A full run (every model, ≥ 5 steps) writes benchmarks/RESULTS.md (the
+machine, the table, the lines); a smoke run writes only to an --out given; --no-write writes nothing; raw
+per-step numbers go to a JSON file (--json).
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ from grpo_bench.spec import AB_LEVERS, MAIN_VARIANTS, MODELS, PROMPTS_PER_STEP, 
     selected
 
 
+DEFAULT_OUT = str(ROOT / "benchmarks" / "RESULTS.md")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,small")
@@ -63,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="before each run, wait until other processes leave this share of the CPUs idle (0 = off)")
     ap.add_argument("--quiet-wait", type=float, default=600.0, help="longest such wait, seconds")
     ap.add_argument("--no-write", action="store_true", help="do not write the results file (--out)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="the results file")
+    ap.add_argument("--out", default=DEFAULT_OUT, help="the results file (a smoke run writes only where given)")
     ap.add_argument("--json", default=None, help="where to write the raw per-step numbers (default: the work dir)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -166,7 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     raw_path.write_text(json.dumps({"machine": info, "args": vars(args), "results": all_results}, indent=1,
                                    default=str))
     print(f"\nraw per-step numbers: {raw_path}")
-    if not args.no_write:
+    # A smoke run (fewer steps or models than the full one) never replaces the recorded results.
+    smoke = args.steps < 5 or set(all_results) != set(MODELS)
+    if args.no_write or (smoke and args.out == DEFAULT_OUT):
+        print(f"not written: {'--no-write' if args.no_write else 'a smoke run'} (give --out to write one)")
+    else:
         report.write_results(Path(args.out), report.measured_block(info, vars(args), all_results, lines_out))
         print(f"wrote {args.out}")
 
