@@ -31,8 +31,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from secreason.cli import exit_on_unknown_choice, sweep_summary
+    from secreason.cli import exit_on_unknown_choice, hydra_errors, sweep_summary
 
     exit_on_unknown_choice(sys.argv[1:], CONF, CHECKED_GROUPS)
-    with sweep_summary():  # -m: a bad arm fails alone; the failed arms are listed at the end, exit 2
+    # Hydra's own config errors (algorithm.nope=1, a bad override): one line, exit 2. -m: a bad arm fails
+    # alone; the failed arms are listed at the end, exit 2.
+    with hydra_errors(), sweep_summary():
         main()

@@ -22,9 +22,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from secreason.cli import config_groups, exit_on_unknown_choice, sweep_summary
+    from secreason.cli import config_groups, exit_on_unknown_choice, hydra_errors, sweep_summary
 
     # Hydra reports an unknown group option (loss_agg=nope) in many lines: one line here instead.
     exit_on_unknown_choice(sys.argv[1:], CONF, config_groups(CONF, "train", extra=("experiment",)))
-    with sweep_summary():  # -m: a bad arm fails alone; the failed arms are listed at the end, exit 2
+    # Hydra's own config errors (algorithm.nope=1, a bad override): one line, exit 2. -m: a bad arm fails
+    # alone; the failed arms are listed at the end, exit 2.
+    with hydra_errors(), sweep_summary():
         main()

@@ -7,6 +7,11 @@ a plain `ValueError` or `KeyError` included, is a bug and keeps its full traceba
 Set SECREASON_TRACEBACK=1 to get the traceback of a user error too.
 
 - A single run: `error: <message>` on stderr and exit status 2.
+- Hydra's own config errors, raised before the task function runs (an override of a key that does
+  not exist, an override it cannot parse, a group set to null, an interpolation Hydra resolves
+  itself): one line and exit 2 too (`hydra_errors`, around the entry point's `main()`), instead of
+  Hydra's several lines and exit 1. Hydra is told to raise them (HYDRA_FULL_ERROR=1), so a bug
+  keeps its whole traceback.
 - A sweep (`-m`, or `hydra.mode: MULTIRUN`): a user error fails that arm only. Its line names the
   arm (`error: sweep arm #1 (<overrides>): <message>`), the next arms run, and when the sweep ends
   `sweep_summary` (around the entry point's `main()`) lists the failed arms and exits 2.
@@ -46,6 +51,18 @@ def user_error(e: BaseException) -> BaseException | None:
     return e if isinstance(e, USER_ERRORS) else None
 
 
+# Set on an exception that left the task function (a bug): `hydra_errors` lets it through as is.
+_FROM_TASK = "_secreason_from_task"
+
+
+def message(err: BaseException) -> str:
+    """The one line printed for user error `err`: `one_line`, with the config key in front for an
+    OmegaConf error whose message does not name it."""
+    text = one_line(err)
+    key = getattr(err, "full_key", None) if isinstance(err, OmegaConfBaseException) else None
+    return f"{key}: {text}" if key and str(key) not in text else text
+
+
 def one_line(err: BaseException) -> str:
     """The first line of `err`'s message, or its class name. (KeyError's own str() is the repr of
     its message: the message itself is taken.)"""
@@ -79,6 +96,8 @@ def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except Exception as e:
         err = user_error(e)
         if err is None or os.environ.get("SECREASON_TRACEBACK"):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(e, _FROM_TASK, True)
             if arm is not None:  # Hydra re-raises only the first failed arm's error, after the sweep
                 line = f"{type(e).__name__}: {one_line(e)}"
                 print(f"error: sweep arm {arm}: {line}", file=sys.stderr)
@@ -86,10 +105,10 @@ def run_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
                 FAILED_ARMS.append((arm, f"{line} (traceback above)"))
             raise
         if arm is None:
-            print(f"error: {one_line(err)}", file=sys.stderr)
+            print(f"error: {message(err)}", file=sys.stderr)
             sys.exit(2)
-        print(f"error: sweep arm {arm}: {one_line(err)}", file=sys.stderr, flush=True)
-        FAILED_ARMS.append((arm, one_line(err)))
+        print(f"error: sweep arm {arm}: {message(err)}", file=sys.stderr, flush=True)
+        FAILED_ARMS.append((arm, message(err)))
         return None
 
 
@@ -113,6 +132,52 @@ def sweep_summary() -> Iterator[None]:
         if report:
             print(report, file=sys.stderr, flush=True)
     if FAILED_ARMS:
+        sys.exit(2)
+
+
+# -- Hydra's own config errors ---------------------------------------------------------------------
+def hydra_config_error(e: BaseException) -> bool:
+    """Whether `e`, raised out of `hydra.main` but not by the task function, is a config error:
+    Hydra's and OmegaConf's exceptions, or a ValueError raised inside Hydra (its defaults list
+    rejects `callbacks=null` that way)."""
+    if getattr(e, _FROM_TASK, False):
+        return False
+    from hydra.errors import HydraException
+
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        return True
+    if isinstance(e, ValueError):
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+        return module.split(".")[0] in ("hydra", "omegaconf")
+    return False
+
+
+def hydra_one_line(e: BaseException) -> str:
+    """Hydra's message (often several lines, with an OmegaConf cause below) as one line."""
+    parts = [line.strip().rstrip(".") for line in str(e).splitlines() if line.strip()]
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and one_line(cause).rstrip(".") not in parts:
+        parts.append(one_line(cause).rstrip("."))
+    text = "; ".join(parts) or type(e).__name__
+    override = getattr(e, "override", None)  # an override Hydra cannot parse: its message omits it
+    return f"cannot parse override {override!r}: {text}" if isinstance(override, str) and override not in text else text
+
+
+@contextlib.contextmanager
+def hydra_errors() -> Iterator[None]:
+    """Around an entry point's `main()` (outside `sweep_summary`): a config error Hydra raises
+    before the task runs ends in `error: <one line>` on stderr and exit status 2. Everything else,
+    the task's bugs included, propagates with its traceback (SECREASON_TRACEBACK=1: this too)."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises to us instead of printing several lines, exit 1
+    try:
+        yield
+    except Exception as e:
+        if not hydra_config_error(e) or os.environ.get("SECREASON_TRACEBACK"):
+            raise
+        print(f"error: {hydra_one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 

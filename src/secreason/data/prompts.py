@@ -1,14 +1,23 @@
-"""RL prompt rows {task, prompt, answer, …} → batches of chat-templated prompt ids + the raw rows."""
+"""RL prompt rows {task, prompt, answer, …} → batches of chat-templated prompt ids + the raw rows.
+
+Rows are checked before training (`secreason.data.rows.check_rl_prompt`): a row whose `answer` no
+reward can use, or whose `task` no reward of the run's reward set routes (`reward_tasks`, given by
+`secreason.run` from `RewardSet.tasks`), follows `data.on_bad_row` like any other bad row: an
+error naming file:line, or a skip that is counted (`stats`, logged as `data/rows_skipped`). Fewer
+usable prompts than one batch is an error: with `drop_last` no training step would run at all.
+"""
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Collection
 from typing import Any, Mapping
 
 from torch.utils.data import DataLoader
 
 from secreason.data.chat import encode_prompt
 from secreason.data.resumable import ResumableDataModule
-from secreason.data.rows import DataError, check_rl_prompt, load_rows
+from secreason.data.rows import DataError, check_rl_prompt, load_rows, log_counts
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,8 @@ class PromptDataModule(ResumableDataModule):
     def __init__(self, tokenizer, path: str | None = None, split: str = "rl_train", test_split: str = "rl_test",
                  batch_size: int = 8, max_prompt_length: int = 256, system_prompt: str | None = None,
                  on_bad_row: str = "error", seed: int = 0, tasks: list[str] | None = None,
-                 synth: Mapping[str, Any] | None = None, think_tags=DEFAULT_THINK_TAGS) -> None:
+                 synth: Mapping[str, Any] | None = None, think_tags=DEFAULT_THINK_TAGS,
+                 reward_tasks: Collection[str] | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise DataError(f"data.batch_size={batch_size} must be ≥ 1")
@@ -44,12 +54,22 @@ class PromptDataModule(ResumableDataModule):
         self.batch_size, self.max_prompt_length, self.system_prompt = batch_size, max_prompt_length, system_prompt
         self.on_bad_row, self.seed, self.tasks, self.synth = on_bad_row, seed, tasks, synth
         self.think_tags = tuple(think_tags)
+        self.reward_tasks: frozenset[str] | None = None
+        self.set_reward_tasks(reward_tasks)
         self.train_items: list[dict] = []
+        self.stats: dict[str, int] = {}
 
-    def load(self, split: str) -> list[dict]:
-        rows = load_rows(self.source_path(), check_rl_prompt, split=split, on_bad_row=self.on_bad_row)
-        if self.tasks:
-            rows = [r for r in rows if r["task"] in set(self.tasks)]
+    def set_reward_tasks(self, tasks: Collection[str] | None) -> None:
+        """The tasks the run's reward set routes (`RewardSet.tasks`): rows of any other task are bad
+        rows. None: tasks are not checked (a datamodule used without a reward set)."""
+        self.reward_tasks = None if tasks is None else frozenset(str(t) for t in tasks)
+
+    def load(self, split: str, stats: dict[str, int] | None = None) -> list[dict]:
+        keep = set(self.tasks) if self.tasks else None
+        check = functools.partial(check_rl_prompt, reward_tasks=self.reward_tasks, only_tasks=keep)
+        rows = load_rows(self.source_path(), check, split=split, on_bad_row=self.on_bad_row, stats=stats)
+        if keep:
+            rows = [r for r in rows if r["task"] in keep]
             if not rows:
                 raise DataError(f"data.tasks={list(self.tasks)}: no {split} rows of those tasks")
         return rows
@@ -57,12 +77,23 @@ class PromptDataModule(ResumableDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_items:
             return
-        self.train_items, dropped = encode_prompts(self.tokenizer, self.load(self.split), self.system_prompt,
-                                                   self.max_prompt_length)
+        stats: dict[str, int] = {}
+        rows = self.load(self.split, stats)
+        self.train_items, dropped = encode_prompts(self.tokenizer, rows, self.system_prompt, self.max_prompt_length)
         if dropped:
             log.warning("dropped %d prompts longer than data.max_prompt_length=%d", dropped, self.max_prompt_length)
         if not self.train_items:
             raise DataError(f"data.path={self.source_path()}: no prompt fits data.max_prompt_length")
+        self.stats = {**stats, "rows_other_tasks": stats["rows_read"] - stats["rows_skipped"] - len(rows),
+                      "rows_too_long": dropped, "rows_used": len(self.train_items)}
+        if len(self.train_items) < self.batch_size:
+            s = self.stats
+            raise DataError(f"data.path={self.source_path()}: {s['rows_used']} usable rows ({s['rows_read']} read: "
+                            f"{s['rows_skipped']} bad, {s['rows_other_tasks']} outside data.tasks, "
+                            f"{s['rows_too_long']} longer than data.max_prompt_length), fewer than one batch "
+                            f"(data.batch_size={self.batch_size}): no training step would run")
+        log.info("RL prompts: %s", self.stats)
+        log_counts(self.trainer, self.stats)
 
     def test_rows(self) -> list[dict]:
         return self.load(self.test_split)

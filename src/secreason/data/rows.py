@@ -6,7 +6,9 @@ is reported as `file:line: what is wrong` instead of a crash deep in collation.
 from __future__ import annotations
 
 import logging
+import math
 import re
+from collections.abc import Collection, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -16,6 +18,9 @@ from secreason.errors import DataError  # noqa: F401 (imported from here too: `s
 log = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant"}
+# Tasks whose gold may be a list of ids (the ATT&CK reward takes ["T1059", "T1566"] as well as
+# "T1059, T1566"); every other task's gold is one string or number.
+LIST_ANSWER_TASKS = frozenset({"attack"})
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -49,13 +54,24 @@ def iter_raw_rows(path: str, split: str = "train") -> Iterable[tuple[str, dict]]
         return
     for f in files:
         if f.suffix == ".parquet":
-            import datasets
-
-            for i, row in enumerate(datasets.Dataset.from_parquet(str(f))):
-                yield f"{f}:{i + 1}", row
+            yield from _parquet_rows(f)
             continue
         for lineno, row in iter_jsonl(f):
             yield f"{f}:{lineno}", DataError(f"{f}:{lineno}: {row}") if isinstance(row, str) else row
+
+
+def _parquet_rows(f: Path) -> Iterable[tuple[str, dict]]:
+    """A Parquet file's rows, read with pyarrow (what `datasets` reads Parquet with)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(f)
+    except (pa.ArrowException, OSError) as e:  # a text file named .parquet, a truncated file
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{f}: not a readable Parquet file ({reason})") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{f}:{i + 1}", row
 
 
 def check_messages(row: dict) -> str | None:
@@ -81,7 +97,32 @@ def check_messages(row: dict) -> str | None:
     return None
 
 
-def check_rl_prompt(row: dict) -> str | None:
+def answer_problem(answer: Any, task: str) -> str | None:
+    """What makes a gold `answer` unusable by the rewards, or None. Usable: a non-blank string, a
+    finite number, or (for LIST_ANSWER_TASKS) a non-empty list of non-blank strings."""
+    if answer is None:
+        return "'answer' is null"
+    if isinstance(answer, bool):
+        return f"'answer' is a boolean ({answer}); give the gold as a string"
+    if isinstance(answer, (int, float)):
+        return None if math.isfinite(answer) else f"'answer' is {answer}, not a finite number"
+    if isinstance(answer, str):
+        return None if answer.strip() else "'answer' is empty"
+    if isinstance(answer, (list, tuple)) and task in LIST_ANSWER_TASKS:
+        if answer and all(isinstance(a, str) and a.strip() for a in answer):
+            return None
+        return f"'answer' of task {task!r} must be a string or a non-empty list of id strings"
+    lists = f" (a list only for task {', '.join(sorted(LIST_ANSWER_TASKS))})"
+    return f"'answer' is a {type(answer).__name__}; give the gold as a string or a number{lists}"
+
+
+def check_rl_prompt(row: dict, reward_tasks: Collection[str] | None = None,
+                    only_tasks: Collection[str] | None = None) -> str | None:
+    """What is wrong with a GRPO prompt row {task, prompt, answer, …}, or None.
+
+    `reward_tasks`: the tasks the reward set routes (`RewardSet.tasks`); a row whose task none of
+    them handles would score 0 on every completion, so it is a bad row. Rows outside `only_tasks`
+    (`data.tasks`, dropped afterwards) are not held to it. None: not checked."""
     for key in ("prompt", "answer", "task"):
         if key not in row:
             return f"missing {key!r}"
@@ -89,12 +130,21 @@ def check_rl_prompt(row: dict) -> str | None:
         return "'prompt' must be a non-empty string"
     if not isinstance(row["task"], str):
         return "'task' must be a string"
+    problem = answer_problem(row["answer"], row["task"])
+    if problem:
+        return problem
+    kept = not only_tasks or row["task"] in only_tasks
+    if reward_tasks is not None and kept and row["task"] not in reward_tasks:
+        return (f"task {row['task']!r} has no reward in the reward set, which routes "
+                f"{', '.join(sorted(reward_tasks))} (fix the row's task, or add a reward for it: conf/rewards)")
     return None
 
 
 def load_rows(path: str, check: Callable[[dict], str | None], split: str = "train",
-              on_bad_row: str = "error") -> list[dict]:
-    """All valid rows. A bad row raises DataError naming file:line, or is skipped and counted."""
+              on_bad_row: str = "error", stats: MutableMapping[str, int] | None = None) -> list[dict]:
+    """All valid rows. A bad row (undecodable, invalid JSON, or one `check` objects to) raises
+    DataError naming file:line, or is skipped and counted. `stats`, if given, gets `rows_read` and
+    `rows_skipped` added (the datamodules log them)."""
     if on_bad_row not in ("error", "skip"):
         raise DataError(f"data.on_bad_row={on_bad_row!r}; choose error or skip")
     rows, bad = [], 0
@@ -109,7 +159,18 @@ def load_rows(path: str, check: Callable[[dict], str | None], split: str = "trai
         if bad <= 5:
             log.warning("skipping bad row %s: %s", where, problem)
     if bad:
-        log.warning("skipped %d bad rows in %s (data.on_bad_row=skip)", bad, path)
+        log.warning("skipped %d bad rows of %d in %s (data.on_bad_row=skip)", bad, bad + len(rows), path)
+    if stats is not None:
+        stats["rows_read"] = stats.get("rows_read", 0) + bad + len(rows)
+        stats["rows_skipped"] = stats.get("rows_skipped", 0) + bad
     if not rows:
-        raise DataError(f"data.path={path}: no valid rows")
+        skipped = f" ({bad} bad rows skipped)" if bad else ""
+        raise DataError(f"data.path={path}: no valid rows in split {split!r}{skipped}")
     return rows
+
+
+def log_counts(trainer: Any, counts: Mapping[str, int | float], prefix: str = "data/") -> None:
+    """Row counts as metrics (`data/rows_skipped`, …) to the trainer's loggers at step 0, so a
+    skip shows in metrics.csv and wandb, not only in the log. No trainer (a test): nothing."""
+    for logger in getattr(trainer, "loggers", None) or ():
+        logger.log_metrics({prefix + k: float(v) for k, v in counts.items()}, step=0)

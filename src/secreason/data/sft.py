@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from secreason.data.chat import IGNORE_INDEX, encode_chat
 from secreason.data.resumable import ResumableDataModule
-from secreason.data.rows import DataError, check_messages, load_rows
+from secreason.data.rows import DataError, check_messages, load_rows, log_counts
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 
 log = logging.getLogger(__name__)
@@ -23,25 +23,42 @@ REPORT_MIX = {"security": 0.268, "math": 0.209, "code": 0.149, "instruction": 0.
 def apply_mix(rows: list[dict], mix: Mapping[str, float] | None, seed: int) -> list[dict]:
     """Resample rows so domains appear in the `mix` proportions (renormalised over present domains).
 
-    The total row count is kept; a domain is down-sampled or up-sampled (with repeats) to its share.
-    Rows without a `domain` column count as "other", which a mix must name to keep them.
+    The count of rows with a domain is kept; a domain is down-sampled or up-sampled (with repeats)
+    to its share, and a domain the mix does not name is dropped. Rows without a `domain` (null or
+    absent, as in most chat data sets) are kept once each, as they are, outside the mix: with none
+    carrying a domain, the mix is not applied (a warning says so). A mix that names `other` takes
+    them in instead, as domain "other".
     """
     if not mix:
         return rows
     by_domain: dict[str, list[dict]] = {}
+    unmixed: list[dict] = []
     for r in rows:
-        by_domain.setdefault(str(r.get("domain", "other")), []).append(r)
+        domain = r.get("domain")
+        if domain is None or domain == "":
+            if "other" not in mix:
+                unmixed.append(r)
+                continue
+            domain = "other"
+        by_domain.setdefault(str(domain), []).append(r)
+    if not by_domain:
+        log.warning("data.mix not applied: no row has a 'domain'; all %d rows are kept as they are "
+                    "(set data.mix=null to say so)", len(rows))
+        return rows
     present = {d: float(w) for d, w in mix.items() if d in by_domain and float(w) > 0}
     if not present:
         raise DataError(f"data.mix names none of the data's domains {sorted(by_domain)}")
     if missing := sorted(set(by_domain) - set(present)):
         log.info("data.mix drops domains not in the mix: %s", missing)
-    total_w, n = sum(present.values()), len(rows)
+    total_w, n = sum(present.values()), len(rows) - len(unmixed)
     rng = random.Random(seed)
     out: list[dict] = []
     for d, w in sorted(present.items()):
         pool, k = by_domain[d], round(n * w / total_w)
         out += rng.sample(pool, k) if k <= len(pool) else [pool[i % len(pool)] for i in range(k)]
+    if unmixed:
+        log.info("data.mix: %d rows without a 'domain' kept as they are, outside the mix", len(unmixed))
+        out += unmixed
     rng.shuffle(out)
     log.info("data.mix: %s", {d: round(w / total_w, 3) for d, w in sorted(present.items())})
     return out
@@ -122,12 +139,13 @@ class SFTDataModule(ResumableDataModule):
         if self.train_examples:
             return
         path = self.source_path()
-        rows = load_rows(path, check_messages, split=self.split, on_bad_row=self.on_bad_row)
+        read: dict[str, int] = {}
+        rows = load_rows(path, check_messages, split=self.split, on_bad_row=self.on_bad_row, stats=read)
         no_think = sum(self.think_tags[1] not in r["messages"][-1]["content"] for r in rows)
         if no_think:
             log.info("%d of %d rows have no %s in the assistant turn", no_think, len(rows), self.think_tags[1])
         if self.val_path:
-            val_rows = load_rows(self.val_path, check_messages, split="val", on_bad_row=self.on_bad_row)
+            val_rows = load_rows(self.val_path, check_messages, split="val", on_bad_row=self.on_bad_row, stats=read)
         else:
             rows = rows[:]
             random.Random(self.seed).shuffle(rows)
@@ -144,8 +162,9 @@ class SFTDataModule(ResumableDataModule):
         if self.packing:
             self.train_examples = pack(self.train_examples, self.max_length)
         self.stats = {"train_rows": len(rows), "val_rows": len(val_rows), "dropped_too_long": dropped + val_dropped,
-                      "train_sequences": len(self.train_examples)}
+                      "train_sequences": len(self.train_examples), **read}
         log.info("SFT data: %s", self.stats)
+        log_counts(self.trainer, self.stats)
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.make_sampler(len(self.train_examples))

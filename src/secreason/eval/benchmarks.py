@@ -26,6 +26,12 @@ DATA_SOURCES = {
 }
 
 
+def how_to_get(folder: str) -> str:
+    """Where a data_dir folder comes from and the command that downloads it, for error messages."""
+    return (f"the data: {DATA_SOURCES[folder]}; `python -m secreason.eval.fetch --out DIR --only {folder}` "
+            f"downloads it into DIR")
+
+
 @dataclass
 class Item:
     index: int
@@ -49,14 +55,14 @@ class Benchmark:
     stray_space_rows: tuple[int, ...] = ()
 
     def check_files(self, data_dir: str | Path | None) -> None:
-        source = DATA_SOURCES[self.files[0].split("/")[0]]
-        if data_dir is None:
+        get = how_to_get(self.files[0].split("/")[0])
+        if data_dir is None or str(data_dir) == "":
             raise EvalError(f"data_dir is not set (benchmark {self.name}): set SECREASON_DATA_DIR or data_dir= "
-                            f"to a folder holding {self.files[0]}; the data: {source}")
+                            f"to a folder holding {self.files[0]}; {get}")
         missing = [f for f in self.files if not (Path(data_dir) / f).is_file()]
         if missing:
             raise EvalError(f"data_dir={data_dir} has no {missing[0]} (benchmark {self.name}); "
-                            f"point data_dir (or SECREASON_DATA_DIR) at the benchmark data folder; the data: {source}")
+                            f"point data_dir (or SECREASON_DATA_DIR) at the benchmark data folder; {get}")
 
     def rows(self, data_dir: str | Path) -> list[dict]:
         self.check_files(data_dir)
@@ -89,21 +95,25 @@ def mmlu_dev(d: Path) -> list[dict]:
                           header=["question", "A", "B", "C", "D", "answer"])
 
 
-def _subset(rows: list[dict], indices: list[int]) -> list[dict]:
+def _subset(rows: list[dict], indices: list[int], d: Path, rel: str) -> list[dict]:
+    """The rows at FAITH's subset positions; a position past the end means another copy of the data."""
+    if bad := [i for i in indices if not 0 <= i < len(rows)]:
+        raise EvalError(f"{d / rel}: {len(rows)} rows, but its FAITH subset names row {bad[0]}: an incomplete or "
+                        f"different copy of the data? {how_to_get(rel.split('/')[0])}")
     return [{**rows[i], "_position": i} for i in indices]
 
 
 def _seceval(d: Path) -> list[dict]:
     rows = files.read_json_array(d / "seceval/questions-data.js")
     subset = json.loads((d / "seceval/faith_subset.json").read_text(encoding="utf-8"))
-    return _subset(rows, subset["indices"])
+    return _subset(rows, subset["indices"], d, "seceval/questions-data.js")
 
 
 def _secbench(key: str) -> Callable[[Path], list[dict]]:
     def read(d: Path) -> list[dict]:
         rows = files.read_jsonl(d / "secbench/data/MCQs_2730.jsonl")
         subsets = json.loads((d / "secbench/faith_subsets.json").read_text(encoding="utf-8"))
-        return _subset(rows, subsets[key]["indices"])
+        return _subset(rows, subsets[key]["indices"], d, "secbench/data/MCQs_2730.jsonl")
     return read
 
 

@@ -1,17 +1,26 @@
-"""Reading benchmark files and response files exactly, quirks included.
+"""Reading benchmark files and response files exactly, quirks included; writing outputs whole.
 
 The csv module is used instead of pandas on purpose: pandas' defaults turn empty MCQ options into
 NaN and strip the quotes that open RCM-2021 row 921's Description (ctibench/SCORING.md). Every cell
-comes back as a `str`, an empty cell as "".
+comes back as a `str`, an empty cell as "". Files are decoded line by line
+(`secreason.data.jsonl.read_lines`), so a byte that is not UTF-8 is an error naming file:line.
+
+Outputs (`atomic_open`, `write_text_atomic`) are written to a temp file in the same directory and
+renamed into place on success: a failed or killed run leaves the previous file, or none, never a
+half-written or empty one.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import secrets
 import sys
 from pathlib import Path
+from typing import Iterator, TextIO
 
-from secreason.data.jsonl import iter_jsonl
+from secreason.data.jsonl import iter_jsonl, read_lines
 from secreason.eval import EvalError
 
 # Some CTIBench cells (ATE prompts embed the whole technique list) exceed csv's 128 KiB default.
@@ -30,7 +39,10 @@ def read_csv(path: Path, header: list[str] | None = None) -> list[dict[str, str]
 
 def read_json_array(path: Path, start_marker: str = "[") -> list[dict]:
     """A JSON array, possibly behind a JavaScript prefix such as `problem_data = [` (SecEval)."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        text = "".join(_decoded_lines(path))  # raises, naming the line
     try:
         return json.loads(text[text.index(start_marker):])
     except (ValueError, json.JSONDecodeError) as e:
@@ -73,10 +85,21 @@ class _RaggedRows(EvalError):
     pass
 
 
+def _decoded_lines(path: Path) -> Iterator[str]:
+    """The file's lines, line ends kept (what csv.reader wants); a line that is not UTF-8 is an
+    EvalError naming file:line."""
+    for lineno, text, problem in read_lines(path):
+        if problem is not None:
+            raise EvalError(f"{path}:{lineno}: {problem}")
+        yield text
+
+
 def _read_delimited(path: Path, delimiter: str, quoting: int,
                     header: list[str] | None = None) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        lines = list(csv.reader(fh, delimiter=delimiter, quoting=quoting))
+    try:
+        lines = list(csv.reader(_decoded_lines(path), delimiter=delimiter, quoting=quoting))
+    except csv.Error as e:
+        raise EvalError(f"{path}: not readable as {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
     if header is None:
         if not lines:
             raise EvalError(f"{path}: empty file")
@@ -89,3 +112,28 @@ def _read_delimited(path: Path, delimiter: str, quoting: int,
             raise _RaggedRows(f"{path}: row {i + 1} has {len(cells)} fields, the header has {len(header)}")
         rows.append(dict(zip(header, cells)))
     return rows
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, encoding: str = "utf-8") -> Iterator[TextIO]:
+    """A text file opened for writing that appears at `path` whole or not at all: it is written to
+    a temp file beside `path` (same directory, so the rename is atomic), flushed to disk and
+    renamed over `path` when the block ends without an error; on an error the temp file is removed
+    and whatever was at `path` before is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding=encoding) as fh:  # "x": a fresh file, permissions from the umask
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    with atomic_open(path, encoding=encoding) as fh:
+        fh.write(text)

@@ -16,11 +16,12 @@ from typing import Any, Callable, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
+from secreason.errors import ConfigError
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS, split_think
 from secreason.eval import EvalError, benchmarks, harmbench, metrics, prompts, report_table
 from secreason.eval import scoring_ctibench, scoring_report
 from secreason.eval.benchmarks import Benchmark, Item
-from secreason.eval.files import read_response_file
+from secreason.eval.files import atomic_open, read_response_file, write_text_atomic
 from secreason.eval.taa import ActorGraph
 
 PROTOCOLS = {"report": scoring_report, "ctibench": scoring_ctibench}
@@ -49,9 +50,20 @@ def validate(cfg: DictConfig) -> None:
             raise EvalError("responses= needs response_column=<the column holding the raw model output>")
     if cfg.get("report_table") and proto != "report":
         raise EvalError("report_table=true needs protocol=report: the report's figures are FAITH scores")
-    if int(cfg.seeds) < 1:
-        raise EvalError(f"seeds={cfg.seeds}: need at least 1")
+    positive_int(cfg, "seeds")
+    positive_int(cfg, "limit", nullable=True)
     system_prompt_for(cfg)
+
+
+def positive_int(cfg: DictConfig, key: str, nullable: bool = False) -> int | None:
+    """`cfg[key]` as an int ≥ 1 (or None when `nullable`), else a ConfigError naming the key."""
+    value = cfg.get(key)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        rule = "must be an integer ≥ 1" + (" or null" if nullable else "")
+        raise ConfigError(f"{key}={value!r}: {rule}")
+    return value
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -68,13 +80,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return generator[0]
 
     names = members(cfg)
-    with open(run_dir / "items.jsonl", "w", encoding="utf-8") as sink:
+    # Written whole or not at all (a temp file renamed on success): a failed run leaves no empty
+    # or half-written items.jsonl in place of a previous one.
+    with atomic_open(run_dir / "items.jsonl") as sink:
         results = {name: evaluate(cfg, name, sink, get_generator) for name in names}
     if len(names) == 1:
         summary = results[names[0]]
     else:
         summary = {"benchmark": cfg.benchmark.name, "protocol": cfg.protocol.name, **results}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if cfg.wandb.enabled:
         log_wandb(cfg, results, run_dir)
     if cfg.get("report_table"):
@@ -156,6 +170,9 @@ class Scorer:
         self.think_tags = tuple(think_tags) if think_tags else None
         self.ctx: dict[str, Any] = {}
         if self.family == "taa":
+            if data_dir is None or str(data_dir) == "":  # TAA is scored with CTIBench's alias tables
+                raise EvalError(f"data_dir is not set: {bench.name} is scored with ctibench/alias_dict.json and "
+                                f"related_dict.json; {benchmarks.how_to_get('ctibench')}")
             cti = Path(data_dir) / "ctibench"
             if protocol == "ctibench":
                 self.ctx = {"actors": ActorGraph.from_dir(cti, keep_nan=True),
