@@ -83,6 +83,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     set_threads(cfg.get("num_threads"))
     _, model, tokenizer = build_model(cfg)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, _convert_="partial")
+    # GRPO: rows whose task no reward of the set routes are bad rows (data.on_bad_row), checked in setup
+    reward_tasks = getattr(make_module.keywords.get("reward_set"), "tasks", None)
+    if reward_tasks is not None and hasattr(datamodule, "set_reward_tasks"):
+        datamodule.set_reward_tasks(reward_tasks)
     module = make_module(model=model, tokenizer=tokenizer)
     # The run's callbacks, then the algorithm's own (GRPO: its rollout sampler).
     callbacks = instantiate_dict(cfg.get("callbacks")) + instantiate_dict(cfg.algorithm.get("callbacks"))
