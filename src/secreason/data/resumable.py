@@ -1,21 +1,56 @@
 """A shuffling sampler whose position lives in the checkpoint, so a killed run resumes exactly.
 
-The order of epoch e is a permutation drawn from (seed, e), so it needs no saved RNG; what must be
-saved is how many batches of the current epoch were already trained on. The datamodule reads that
-from the trainer's progress counters at save time and hands it back here on load.
+The order of epoch e is a permutation drawn from (seed, e), so it needs no saved RNG. The data is
+one stream of batches, epoch after epoch; where a run stands in it is the number of training
+batches it has trained on, `G`, and with `N` batches an epoch that is epoch `G // N`, batch
+`G % N`. `G` is Lightning's `batch_progress.total.processed`: a batch counts once its training
+step has run, and the count is restored with the fit loop from the checkpoint.
+
+Why not the trainer's epoch and its in-epoch batch count: measured with Lightning 2.6 (the
+save points of ModelCheckpoint, 3 batches an epoch):
+
+    save point                              current_epoch  batch_progress.current  total.processed
+    on_train_batch_end, batch k of epoch e       e              k                    e·N + k
+    on_train_epoch_end of epoch e                e              N                    (e+1)·N
+    on_train_end after a max_steps stop          e+1            k                    e·N + k
+      (mid-epoch e, or at its end: k = N)
+    on_train_end after max_epochs                e+1            N                    (e+1)·N
+
+After a max_steps stop Lightning counts the cut-short epoch as finished, and on resume it runs
+the next epoch from in-epoch batch k; after an epoch-end save it resumes into the next epoch with
+a stale batch count. Either way its epoch numbers and in-epoch counts no longer say which data
+comes next, while the total count always does. So each time the train dataloader is iterated
+during a fit the sampler starts at `divmod(G, N)` of that moment (N =
+`trainer.num_training_batches`), whatever epoch number Lightning passes to `set_epoch`: if
+Lightning ends one of its epochs early or late, the next iteration still continues the stream
+where training stopped. The checkpoint holds the same position as `{epoch, batches_done}` (the
+epoch of the last trained batch and how many of its batches are done), which a datamodule used
+without a trainer resumes from.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+import logging
+import math
+from typing import Any, Callable, Iterator, Mapping
 
 import lightning as L
 import torch
 from torch.utils.data import Sampler
 
+log = logging.getLogger(__name__)
+
+Position = tuple[int, int]  # (epoch, batches of it already trained)
+
 
 class ResumableSampler(Sampler[int]):
-    def __init__(self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True) -> None:
+    """Epoch e's order is `order(e)`. `position`, when given and returning a value, says where
+    each iteration starts (a fit: see the module docstring); otherwise the epoch is the one last
+    given to `set_epoch`, minus the batches a pending `resume` skips."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 position: Callable[[], Position | None] | None = None) -> None:
         self.num_items, self.batch_size, self.seed, self.shuffle = num_items, batch_size, seed, shuffle
+        self.position = position
         self.epoch = 0
         self._skip_batches: dict[int, int] = {}
 
@@ -33,21 +68,62 @@ class ResumableSampler(Sampler[int]):
         return torch.randperm(self.num_items, generator=g).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        skip = self._skip_batches.pop(self.epoch, 0) * self.batch_size
-        return iter(self.order(self.epoch)[skip:])
+        start = self.position() if self.position is not None else None
+        if start is None:
+            epoch, done = self.epoch, self._skip_batches.pop(self.epoch, 0)
+        else:
+            (epoch, done), self._skip_batches = start, {}
+            self.epoch = epoch
+        return iter(self.order(epoch)[done * self.batch_size:])
 
     def __len__(self) -> int:
         return self.num_items
 
 
+def batches_per_epoch(trainer) -> int | None:
+    """N, the training batches in one epoch (after `limit_train_batches`), or None if unknown."""
+    n = trainer.num_training_batches
+    if isinstance(n, int) and n > 0:
+        return n
+    # Before the fit loop has counted them (the first iteration of a loader with workers starts
+    # inside `setup_data`): the loader's length, limited as Lightning limits it.
+    loader = trainer.train_dataloader
+    try:
+        n = len(loader)
+    except TypeError:
+        return None
+    limit = trainer.limit_train_batches
+    n = min(n, limit) if isinstance(limit, int) else int(n * limit)
+    return n if n > 0 else None
+
+
+def batches_trained(trainer) -> int:
+    """G: training batches whose step has run, over the whole run (restored from a checkpoint)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+
+
 def position_from_trainer(trainer) -> dict:
-    """{epoch, batches_done} of the running fit, for a datamodule's state_dict."""
+    """{epoch, batches_done} of the running fit, for a datamodule's state_dict: the epoch of the
+    last trained batch and how many of that epoch's batches are done (1…N; 0 before any)."""
     if trainer is None:
         return {"epoch": 0, "batches_done": 0}
-    progress = trainer.fit_loop.epoch_loop.batch_progress.current
-    # Checkpoints are written from on_train_batch_end, where the running batch counts as processed
-    # but not yet completed; either way it is done and must not be replayed.
-    return {"epoch": trainer.current_epoch, "batches_done": int(progress.processed)}
+    done, n = batches_trained(trainer), batches_per_epoch(trainer)
+    if done == 0:
+        return {"epoch": 0, "batches_done": 0}
+    if n is None or not math.isfinite(n):  # an unsized loader: no epochs to count in
+        current = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.current_epoch, "batches_done": int(current.processed)}
+    return {"epoch": (done - 1) // n, "batches_done": (done - 1) % n + 1}
+
+
+def stream_position(trainer) -> Position | None:
+    """Where the next iteration of the train loader must start during a fit, or None outside one."""
+    if trainer is None or trainer.state.fn != "fit":
+        return None
+    n = batches_per_epoch(trainer)
+    if n is None:
+        return None
+    return divmod(batches_trained(trainer), n)
 
 
 class ResumableDataModule(L.LightningDataModule):
@@ -57,7 +133,8 @@ class ResumableDataModule(L.LightningDataModule):
     synth: Mapping[str, Any] | None
     batch_size: int
     seed: int
-    _resume: dict | None = None
+    _resume: dict | None = None  # a checkpoint's position, until a sampler takes it
+    _restored: dict | None = None  # ... and until the first iteration in a fit has checked it
 
     def source_path(self) -> str:
         if self.path:
@@ -71,11 +148,30 @@ class ResumableDataModule(L.LightningDataModule):
         return str(ensure_synth(**self.synth))
 
     def make_sampler(self, num_items: int) -> ResumableSampler:
-        sampler = ResumableSampler(num_items, self.batch_size, seed=self.seed)
+        sampler = ResumableSampler(num_items, self.batch_size, seed=self.seed, position=self._stream_position)
         if self._resume:
             sampler.resume(**self._resume)
-            self._resume = None
+            self._restored, self._resume = self._resume, None
         return sampler
+
+    def _stream_position(self) -> Position | None:
+        trainer = self.trainer
+        position = stream_position(trainer)
+        if position is not None and self._restored is not None:
+            self._check_restored(trainer, self._restored)
+            self._restored = None
+        return position
+
+    @staticmethod
+    def _check_restored(trainer, stored: dict) -> None:
+        n = batches_per_epoch(trainer)
+        saved = int(stored.get("epoch", 0)) * n + int(stored.get("batches_done", 0))
+        if saved != batches_trained(trainer):
+            # A checkpoint written before the position was derived from the total count (an
+            # epoch counter moved on by a max_steps stop): the fit loop's count is the truth.
+            log.warning("the checkpoint's data position %s (= batch %d of the stream) differs from the %d "
+                        "batches its fit loop trained; resuming after batch %d", stored, saved,
+                        batches_trained(trainer), batches_trained(trainer))
 
     def state_dict(self) -> dict:
         return position_from_trainer(self.trainer)

@@ -7,7 +7,10 @@ are secreason.callbacks.vllm_sampler's):
     bind             save the policy's current weights (LoRA merged: secreason.sampling.weights) +
                      tokenizer to a temp HF dir and build `vllm.LLM` from it in this process
                      (VLLM_ENABLE_V1_MULTIPROCESSING=0); on CPU, undo vLLM's global
-                     `torch.set_num_threads` patch so the trainer keeps its threads.
+                     `torch.set_num_threads` patch so the trainer keeps its threads. The dir
+                     (`.policy.<host>.<pid>.<random>.vllm-weights`) is made in `weights_dir`, else
+                     the Hydra run's output dir, else $TMPDIR, and removed once the engine has
+                     loaded it; dumps there of killed processes are removed before a new one.
     generate         B prompts × n samples with per-prompt seeds; logprobs of the sampled tokens under
                      the processed distribution (`logprobs_mode="processed_logprobs"`: after
                      temperature / top-p, what `completion_logprobs(..., temperature)` computes when
@@ -60,6 +63,7 @@ from typing import Any, Iterator
 
 import torch
 
+from secreason.checkpoint_io import own_temp_path, remove_stale_temps
 from secreason.errors import ConfigError, UserError
 from secreason.rollout import Rollout
 from secreason.sampling.base import Generator, completions_to_rollout, cut_at_eos, stop_token_ids
@@ -70,6 +74,20 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "sampler=vllm needs vLLM: pip install -e .[cpu] (CPU) or .[gpu] (GPU)"
 _PROBE_TEXT = "A fixed probe sequence: the sampler's logprobs must match the trainer's after every sync."
 _PROBE_NEW_TOKENS = 4
+_DUMP_SUFFIX = ".vllm-weights"  # the engine's weight dump: own_temp_path(<dir>/policy, _DUMP_SUFFIX)
+
+
+def weights_dump_parent(weights_dir: str | os.PathLike | None = None) -> Path:
+    """Where the policy is written for the engine to load: `weights_dir`, else the run dir of the
+    running Hydra app (train.py, eval.py), else the system temp dir."""
+    if weights_dir:
+        return Path(weights_dir)
+    with contextlib.suppress(Exception):  # no Hydra app running (a library caller, a test)
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    return Path(tempfile.gettempdir())
 
 
 class _QuietReload(logging.Filter):
@@ -110,14 +128,16 @@ def import_vllm():
 
 class VLLMGenerator(Generator):
     """`engine_kwargs`: more `vllm.LLM(...)` arguments; `sampling_kwargs`: more `SamplingParams`
-    arguments for rollouts (e.g. `min_tokens`), after ours. The rest: conf/sampler/vllm.yaml."""
+    arguments for rollouts (e.g. `min_tokens`), after ours; `weights_dir`: where the engine's
+    start-up weight dump goes (`weights_dump_parent`). The rest: conf/sampler/vllm.yaml."""
 
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 64, seed: int = 0,
                  gpu_memory_utilization: float = 0.3, enforce_eager: bool = True,
                  dtype: str = "auto", max_model_len: int = 1024, enable_sleep_mode: bool = False,
                  check_sync: bool = True, check_sync_every: int = 1, check_sync_tol: float | None = None,
                  sync_timeout_s: float = 60.0, kv_cache_gb: float | None = None, engine_threads: int | None = 1,
-                 engine_kwargs: dict | None = None, sampling_kwargs: dict | None = None) -> None:
+                 engine_kwargs: dict | None = None, sampling_kwargs: dict | None = None,
+                 weights_dir: str | None = None) -> None:
         super().__init__(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
         if dtype not in ("auto", *DTYPE_NAMES.values()):
             raise ConfigError(f"sampler.dtype={dtype!r} unknown; choose one of: auto, {', '.join(DTYPE_NAMES.values())}")
@@ -134,6 +154,7 @@ class VLLMGenerator(Generator):
         self.sync_timeout_s, self.kv_cache_gb = float(sync_timeout_s), kv_cache_gb
         self.engine_threads = int(engine_threads) if engine_threads else None
         self.engine_kwargs, self.sampling_kwargs = dict(engine_kwargs or {}), dict(sampling_kwargs or {})
+        self.weights_dir = weights_dir
         self.llm: Any = None
         self.engine_dtype: str | None = None
         self.on_cpu = True
@@ -179,9 +200,13 @@ class VLLMGenerator(Generator):
             kwargs["enable_sleep_mode"] = True
         kwargs.update(self.engine_kwargs)
         t0 = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix="secreason-vllm-"))
+        parent = weights_dump_parent(self.weights_dir)
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(parent, suffix=_DUMP_SUFFIX)  # dumps of killed runs
+        tmp = own_temp_path(parent / "policy", suffix=_DUMP_SUFFIX)
         threads = torch.get_num_threads()
         try:
+            tmp.mkdir()
             save_policy(model, tokenizer, tmp)
             self.llm = vllm.LLM(model=str(tmp), **kwargs)
         finally:
