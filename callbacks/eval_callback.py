@@ -3,7 +3,9 @@
 Every `every_n_steps` optimizer steps (and at each epoch end) the first `limit` items of each
 benchmark are answered by the live policy through an `HFGenerator` bound to it, like the HF rollout
 sampler, and scored by the same code as `eval.py` (the report protocol by default). It runs on
-global rank zero only. HarmBench is scored with the offline refusal judge here.
+global rank zero only, the other ranks waiting at a barrier. Under FSDP generating is collective
+(secreason.sampling.hf), so every rank generates the same subset in step and rank zero alone
+scores and logs it. HarmBench is scored with the offline refusal judge here.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from secreason.eval import benchmarks, metrics, prompts
 from secreason.eval.generate import complete
 from secreason.eval.runner import Scorer
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
-from secreason.sampling.hf import HFGenerator
+from secreason.sampling.hf import HFGenerator, fsdp_root
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +68,28 @@ class EvalCallback(L.Callback):
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         self.last_step = trainer.global_step
-        if not trainer.is_global_zero:
-            return {}
+        strategy = getattr(trainer, "strategy", None)  # None: a stand-in trainer, one process
+        unit = fsdp_root(pl_module.model, getattr(strategy, "model", None))
+        logged: dict[str, float] = {}
+        if trainer.is_global_zero or unit is not None:  # under FSDP generation is collective: all ranks
+            logged = self._evaluate(trainer, pl_module, unit)
+        if strategy is not None:
+            strategy.barrier("eval_callback")  # the other ranks wait for rank zero's eval
+        return logged
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, unit) -> dict[str, float]:
         self.sampler.bind(pl_module.model, pl_module.tokenizer)
+        self.sampler.gather_from(unit)
         logged: dict[str, float] = {}
         for name, items, conversations, scorer in self.tasks:
             outputs = complete(self.sampler, pl_module.tokenizer, conversations, self.seeds, self.think_tags)
+            if not trainer.is_global_zero:  # it only stepped along with rank zero's generation
+                continue
             per_seed = [scorer.score(items, [o[s] for o in outputs])[1] for s in range(self.seeds)]
             for key, value in metrics.over_seeds(per_seed, scorer.metric_keys).items():
                 logged[f"val/{name}/{key}"] = value
+        if not trainer.is_global_zero:
+            return {}
         for key, value in logged.items():
             pl_module.log(key, value, rank_zero_only=True, batch_size=1)
         log.info("step %d eval subset: %s", trainer.global_step, logged)

@@ -17,6 +17,7 @@ import lightning as L
 
 from secreason.errors import ConfigError
 from secreason.sampling.base import Generator
+from secreason.sampling.hf import fsdp_root
 
 
 class SamplerCallback(L.Callback, Generator):
@@ -31,13 +32,21 @@ class SamplerCallback(L.Callback, Generator):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.bind(pl_module.model, pl_module.tokenizer)
+        self.rank = trainer.global_rank  # each rank its own seeds (secreason.sampling.base.call_seed)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The strategy has wrapped the model by now; under FSDP an HF generator runs with its unit.
+        if hasattr(self, "gather_from"):
+            self.gather_from(fsdp_root(pl_module.model, trainer.strategy.model))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
                              batch_idx: int) -> None:
         t0 = time.perf_counter()
         with trainer.profiler.profile("grpo/generate"):
             batch["rollout"] = self.generate(batch["prompt_ids"], pl_module.num_generations)
-        pl_module.log("rollout/generate_s", time.perf_counter() - t0, batch_size=len(batch["prompt_ids"]))
+        # The slowest rank's time: the step waits for it (every rank logs it, so the max is collective).
+        pl_module.log("rollout/generate_s", time.perf_counter() - t0, batch_size=len(batch["prompt_ids"]),
+                      sync_dist=True, reduce_fx="max")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -47,7 +56,7 @@ class SamplerCallback(L.Callback, Generator):
         with trainer.profiler.profile("grpo/sync"):
             self.sync_weights(pl_module.model)
         self.last_sync_step = trainer.global_step
-        pl_module.log("rollout/sync_s", time.perf_counter() - t0, batch_size=1)
+        pl_module.log("rollout/sync_s", time.perf_counter() - t0, batch_size=1, sync_dist=True, reduce_fx="max")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.close()

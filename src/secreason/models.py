@@ -4,7 +4,9 @@ The same code loads the tiny offline model (a local HF dir) and `fdtn-ai/Foundat
 """
 from __future__ import annotations
 
+import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,6 +15,31 @@ import torch
 from secreason.errors import ConfigError, MissingPathError
 
 log = logging.getLogger(__name__)
+
+# Weight files a local model dir must hold one of (single or sharded, with their index).
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What `from_pretrained` raises for a bad model dir or hub id (unreadable or garbage files,
+    missing weights, an unknown model type, offline): the user's to fix, so one line naming
+    model.path. Anything else (our own bugs among them) keeps its traceback."""
+    errors: list[type[BaseException]] = [OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())  # one line, whatever the library's layout
+    if "weights_only" in text:  # torch's advice to turn safe loading off is not one to pass on
+        text = "a weights file is not a plain tensor file (refused by safe loading, weights_only=True)"
+    return f"{type(e).__name__}: {text[:400]}" if text else type(e).__name__
+
 
 # Llama-3-style fallback for base models that ship no chat template (Foundation-Sec-8B is a base
 # model). Prefix-stable, which assistant-only masking needs.
@@ -39,8 +66,7 @@ def resolve_model_path(model_cfg: Mapping[str, Any], cache_dir: str | Path) -> s
     if path:
         local = Path(str(path)).expanduser()
         if local.exists():
-            if not (local / "config.json").exists():
-                raise MissingPathError(f"model.path={path}: no config.json there (not an HF model dir)")
+            check_model_dir(local, str(path))
             return str(local)
         if str(path).startswith((".", "/", "~")) or str(path).count("/") != 1:
             raise MissingPathError(f"model.path={path}: no such directory")
@@ -53,10 +79,30 @@ def resolve_model_path(model_cfg: Mapping[str, Any], cache_dir: str | Path) -> s
     return str(ensure_tiny(cache_dir, seed=int(model_cfg.get("tiny_seed", 0)), size=size))
 
 
+def check_model_dir(local: Path, shown: str) -> None:
+    """A local model dir, checked before anything loads: a readable config.json holding a JSON
+    object, and weights. Raises MissingPathError / ConfigError naming `model.path=<shown>`."""
+    config = local / "config.json"
+    if not config.is_file():
+        raise MissingPathError(f"model.path={shown}: no config.json there (not an HF model dir)")
+    try:
+        parsed = json.loads(config.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"model.path={shown}: config.json is not valid JSON ({_reason(e)})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"model.path={shown}: config.json holds a {type(parsed).__name__}, not a JSON object")
+    if not any(next(local.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise MissingPathError(f"model.path={shown}: no weights there (model.safetensors, sharded "
+                               f"model-*.safetensors with their index, or pytorch_model*.bin)")
+
+
 def load_tokenizer(path: str, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except _load_errors() as e:
+        raise ConfigError(f"model.path={path}: cannot load its tokenizer ({_reason(e)})") from e
     if chat_template:
         tok.chat_template = chat_template
     elif not tok.chat_template:
@@ -95,7 +141,10 @@ def load_causal_lm(path: str, dtype: str = "float32", attn_implementation: str |
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except _load_errors() as e:
+        raise ConfigError(f"model.path={path}: cannot load the model ({_reason(e)})") from e
     if quantization:
         from peft import prepare_model_for_kbit_training
 
@@ -122,10 +171,13 @@ def wrap_lora(model, lora: Mapping[str, Any]):
     return model
 
 
-def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
+def export_hf(model, tokenizer, out_dir: str | Path, state_dict: Mapping[str, Any] | None = None) -> Path:
     """Save the policy (LoRA merged, a 4-bit base dequantized) + tokenizer as an HF dir that
     `model.path=` accepts. The weights are `secreason.sampling.weights.save_policy`'s, the same the
-    vLLM sampler serves; written to a temp dir beside `out_dir`, then renamed into place."""
+    vLLM sampler serves; written to a temp dir beside `out_dir`, then renamed into place.
+
+    `state_dict`: the full weights gathered elsewhere (FSDP: `model` itself holds only shards),
+    saved with `model`'s config; a plain (not peft) model only."""
     import os
     import shutil
     import tempfile
@@ -136,7 +188,13 @@ def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
-        save_policy(model, tokenizer, tmp)
+        if state_dict is None:
+            save_policy(model, tokenizer, tmp)
+        else:
+            if hasattr(model, "peft_config"):
+                raise ValueError("export_hf: a gathered state_dict is for a plain model, not a peft one")
+            getattr(model, "module", model).save_pretrained(tmp, state_dict=dict(state_dict))  # FSDP: the inner model
+            tokenizer.save_pretrained(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

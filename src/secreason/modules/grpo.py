@@ -39,9 +39,10 @@ import lightning as L
 import torch
 
 from secreason.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGG, OVERLONG_MODES, StepNorm, clipped_surrogate
-from secreason.algos import masked_mean, overlong_adjust, truncated_is_weights, zero_std_groups
+from secreason.algos import overlong_adjust, truncated_is_weights, zero_std_groups
 from secreason.errors import ConfigError
 from secreason.modules.logprobs import completion_logprobs
+from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
 from secreason.modules.rollout_stats import rollout_metrics
 from secreason.optim import optimizer_factory, scheduler_factory
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
@@ -80,6 +81,27 @@ def micro_batch_rows(lengths: torch.Tensor, size: int, group_index: torch.Tensor
     return group_cut if cost(group_cut) < cost(length_cut) else length_cut
 
 
+def padded_micro_batches(rows: torch.Tensor, micro: list[torch.Tensor], count: int
+                         ) -> tuple[torch.Tensor, list[torch.Tensor], int | None]:
+    """Kept `rows` [K] and their micro-batches (indices into rows) extended to `count` micro-batches.
+
+    A rank with fewer micro-batches than another (fewer kept groups) runs the missing ones on a
+    padding row appended to `rows` (row 0 of the batch), whose loss mask and advantage the caller
+    zeroes. Returns (rows [K or K+1], micro, index of the padding row in rows or None).
+    """
+    if len(micro) >= count:
+        return rows, micro, None
+    pad = rows.numel()
+    rows = torch.cat([rows, torch.zeros(1, dtype=rows.dtype)])
+    return rows, micro + [torch.tensor([pad])] * (count - len(micro)), pad
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Σ of `values` [n, T] where mask [n, T] != 0 (padding selected out, so a NaN there cannot leak)."""
+    v = values if values.is_floating_point() else values.float()
+    return torch.where(mask != 0, v, torch.zeros_like(v)).sum().item()
+
+
 OLD_LOGPROBS = ("recompute", "sampler")
 
 
@@ -103,6 +125,40 @@ class GRPOModule(L.LightningModule):
         params = inspect.signature(cls.__init__).parameters
         s = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
         s.update({k: v for k, v in given.items() if k in s})
+        # Types first, naming the key (`algorithm.num_generations='abc': must be an integer`), so no
+        # comparison below fails on a string. Values are kept as given (`__init__` stores them), so
+        # a count must already be an int; an eps or cap may be any real number.
+        import math
+
+        where = {"max_completion_length": "sampler.max_tokens", "temperature": "sampler.temperature"}
+
+        def named(name: str) -> str:
+            return where.get(name, f"algorithm.{name}")
+
+        def number(value: Any, name: str, integer: bool = False, nullable: bool = False) -> None:
+            if value is None and nullable:
+                return
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+            if isinstance(value, bool) or not ok:
+                kind = "an integer" if integer else "a finite number"
+                raise ConfigError(f"{name}={value!r}: must be {kind}{' or null' if nullable else ''}")
+
+        for name in ("num_generations", "updates_per_batch", "micro_batch_size", "max_completion_length"):
+            number(s[name], named(name), integer=True)
+        for name in ("clip_eps_low", "clip_eps_high", "temperature"):
+            number(s[name], named(name))
+        for name in ("is_cap", "max_grad_norm"):
+            number(s[name], named(name), nullable=True)
+        for name in ("filter_zero_std_groups", "share_prompts"):
+            if not isinstance(s[name], bool):
+                raise ConfigError(f"{named(name)}={s[name]!r}: must be true or false")
+        kl = dict(s["kl"] or {})
+        number(kl.get("beta", 0.02), "algorithm.kl.beta")
+        overlong = dict(s["overlong"] or {"mode": "none"})
+        number(overlong.get("buffer", 0), "algorithm.overlong.buffer", integer=True)
+        number(overlong.get("penalty", 1.0), "algorithm.overlong.penalty")
+        advantage = dict(s["advantage"] or {"name": "group_norm"})
+        number(advantage.get("eps", 1e-6), "advantage.eps")
         _require(s["num_generations"] >= 2, "algorithm.num_generations", s["num_generations"],
                  "must be ≥ 2 (advantages are relative to the group)")
         for key in ("updates_per_batch", "micro_batch_size"):
@@ -112,12 +168,9 @@ class GRPOModule(L.LightningModule):
         _require(s["is_cap"] is None or s["is_cap"] > 0, "algorithm.is_cap", s["is_cap"], "must be > 0 or null")
         _require(s["old_logprobs"] in OLD_LOGPROBS, "algorithm.old_logprobs", s["old_logprobs"],
                  f"choose one of: {', '.join(OLD_LOGPROBS)}")
-        kl = dict(s["kl"] or {})
         beta = float(kl.get("beta", 0.02))
         _require(beta >= 0, "algorithm.kl.beta", beta, "must be ≥ 0")
-        overlong = dict(s["overlong"] or {"mode": "none"})
         OVERLONG_MODES.get(overlong.get("mode", "none"))  # an unknown mode fails now, not at step 1
-        advantage = dict(s["advantage"] or {"name": "group_norm"})
         return {"beta": beta, "kl_fn": KL_ESTIMATORS.get(kl.get("estimator", "k3")), "overlong": overlong,
                 "loss_agg": LOSS_AGG.get(s["loss_agg"]), "advantage_fn": ADVANTAGES.get(advantage["name"]),
                 "adv_eps": float(advantage.get("eps", 1e-6)),
@@ -171,19 +224,48 @@ class GRPOModule(L.LightningModule):
         for ref in self._ref:
             ref.to(self.device)
 
+    def configure_model(self) -> None:
+        """Under FSDP the policy is wrapped here, as the FSDP root (trainer.strategy's settings and
+        auto-wrap units). Each micro-batch is then a forward and backward of that root, which FSDP
+        finalises (gradients resharded, states reset) after each backward; were the whole module the
+        root, every micro-batch would run inside one root forward (training_step) and nothing would."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import wrap
+
+        if self._sharded() and not isinstance(self.model, FullyShardedDataParallel):
+            self.model = wrap(self.model)  # outside the strategy's wrap context this returns it unchanged
+
     def _logprobs(self, model: torch.nn.Module, r: Rollout, with_entropy: bool = False):
+        # Under FSDP every rank must call the policy as often as the others (each call gathers its
+        # parameters); a shared prompt makes that 1 or 2 calls depending on the rows, so it is off there.
+        share = self.share_prompts and not (model is self.model and self._sharded())
         return completion_logprobs(model, *self._tensors(r), self.temperature, with_entropy=with_entropy,
-                                   share_prompts=self.share_prompts)
+                                   share_prompts=share)
+
+    def _sharded(self) -> bool:
+        """True under FSDP: the policy's parameters are sharded over ranks."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
 
     def _tensors(self, r: Rollout) -> tuple[torch.Tensor, ...]:
         return tuple(t.to(self.device) for t in (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask))
 
     def score(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
         """Total rewards [N] and the reward metrics of this batch."""
+        rewards, metrics, _ = self._scored(rollout, rows)
+        return rewards, metrics
+
+    def _scored(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+        """`score`, plus how many values each subset-mean metric averages (for the mean over ranks)."""
         expanded = [row for row in rows for _ in range(self.num_generations)]
         ids = [row[mask.bool()].tolist() for row, mask in zip(rollout.completion_ids, rollout.completion_mask)]
         result = self.reward_set(rollout.texts, expanded, completion_ids=ids)  # ids: for TRL-style rewards
-        return torch.tensor(result.total, dtype=torch.float32), result.metrics(rollout.group_index.tolist())
+        counts = {f"train/reward/{name}": float(sum(v is not None for v in values))
+                  for name, values in getattr(result, "per_reward", {}).items()}
+        counts["train/reward/std"] = float(len(rows))  # a mean over groups
+        return (torch.tensor(result.total, dtype=torch.float32), result.metrics(rollout.group_index.tolist()),
+                counts)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         rollout: Rollout | None = batch.get("rollout")
@@ -191,7 +273,7 @@ class GRPOModule(L.LightningModule):
             raise RuntimeError("GRPO needs a sampler callback (sampler=hf|vllm) to fill batch['rollout']")
         profile = self.trainer.profiler.profile  # phases by name: trainer.profiler=simple prints them
         with profile("grpo/reward"):
-            rewards, metrics = self.score(rollout, batch["rows"])
+            rewards, metrics, counts = self._scored(rollout, batch["rows"])
         mask = rollout.completion_mask.clone()
         rewards, mask = overlong_adjust(rewards, mask, rollout.truncated, self.overlong.get("mode", "none"),
                                         self.max_len, int(self.overlong.get("buffer", 0)),
@@ -199,33 +281,65 @@ class GRPOModule(L.LightningModule):
         advantages = self.advantage_fn(rewards, rollout.group_index, eps=self.adv_eps)
         zero = zero_std_groups(rewards, rollout.group_index, eps=self.adv_eps)
         metrics.update(rollout_metrics(rollout, self.tokenizer, self.think_tags))
+        closed = metrics.get("rollout/think_closed_frac", 0.0) * rollout.num_completions
+        counts["rollout/think_len_mean"] = round(closed)  # a mean over the closed thinks only
         metrics["rollout/zero_std_frac"] = zero.float().mean().item()
         keep = ~zero if self.filter_zero_std else torch.ones_like(zero)
         rows = keep.nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            metrics["rollout/kept_frac"] = 0.0
-            self.log_dict(metrics, batch_size=len(batch["rows"]))
+        metrics["rollout/kept_frac"] = rows.numel() / rollout.num_completions
+        micro: list[torch.Tensor] = []
+        if rows.numel():
+            kept = rollout.select(rows)
+            micro = self._micro_batches(mask[rows][:, : kept.completion_ids.shape[1]], kept)
+        local = StepNorm.from_masks([mask[rows][m] for m in micro], self.max_len)
+        # Every rank, every step, even one with nothing to train on: the others wait in this gather.
+        norm, num_micro = self._across_ranks(local, len(micro))
+        if norm.num_samples == 0:  # no rank kept a group: no update anywhere
+            self._log_metrics(metrics, counts, rollout.num_completions, len(batch["rows"]))
             log.info("every group had zero reward variance: no update this batch")
             return
-        metrics["rollout/kept_frac"] = rows.numel() / rollout.num_completions
+        rows, micro, pad = padded_micro_batches(rows, micro, num_micro)
         r = rollout.select(rows)
-        mask, advantages = mask[rows][:, : r.completion_ids.shape[1]], advantages[rows]
-        micro = self._micro_batches(mask, r)
-        norm = StepNorm.from_masks([mask[m] for m in micro], self.max_len)
-        if self.trainer.world_size > 1:  # normalisers span all ranks (prime-rl #2358)
-            norm = norm.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), device=self.device)
+        mask, advantages = mask[rows][:, : r.completion_ids.shape[1]].clone(), advantages[rows].clone()
+        if pad is not None:  # the padding row trains on nothing (its loss share is 0)
+            mask[pad], advantages[pad] = 0, 0.0
         with profile("grpo/ref"):
             ref = [self.reference_logprobs(r.select(m)) if self.beta > 0 else None for m in micro]
             old = [self._old_logprobs(r.select(m)) for m in micro]
         opt, sched = self.optimizers(), self.lr_schedulers()
         for update in range(self.updates_per_batch):
-            stats = self._update(r, mask, advantages, micro, norm, ref, old, opt, first=update == 0)
+            stats, stat_counts = self._update(r, mask, advantages, micro, norm, ref, old, opt, first=update == 0)
             if update == 0:
                 metrics.update(stats)
+                counts.update(stat_counts)
             sched.step()
         metrics["train/lr"] = opt.param_groups[0]["lr"]
-        self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, batch_size=len(batch["rows"]))
-        self.log_dict(metrics, batch_size=len(batch["rows"]), prog_bar=False)
+        self._log_metrics(metrics, counts, rollout.num_completions, len(batch["rows"]))
+
+    def _across_ranks(self, local: StepNorm, num_micro: int) -> tuple[StepNorm, int]:
+        """The step's StepNorm over all ranks and the most micro-batches any rank has (one gather).
+
+        Normalisers span all ranks (prime-rl #2358). Every rank then runs that many forward/backward
+        passes: DDP all-reduces gradients in each backward and FSDP gathers parameters in each
+        forward, so a rank with fewer passes would leave the others waiting.
+        """
+        if self.trainer.world_size == 1:
+            return local, num_micro
+        mine = torch.tensor([local.num_samples, local.num_tokens, num_micro], dtype=torch.long, device=self.device)
+        every = self.trainer.strategy.all_gather(mine).reshape(-1, 3).tolist()  # [world, 3]
+        norm = StepNorm.combine([StepNorm(int(s), int(t), local.max_len) for s, t, _ in every])
+        return norm, max(int(m) for _, _, m in every)
+
+    def _log_metrics(self, metrics: dict[str, float], counts: dict[str, float], num_rows: int,
+                     batch_size: int) -> None:
+        """Log the batch's metrics as over the global batch, the same numbers on every rank."""
+        if self.trainer.world_size > 1:
+            everyone: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(everyone, rank_entries(metrics, counts, num_rows))
+            metrics = combine_ranks(everyone)
+        if "train/loss" in metrics:
+            self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, batch_size=batch_size)
+        self.log_dict(metrics, batch_size=batch_size, prog_bar=False)
 
     def _micro_batches(self, mask: torch.Tensor, r: Rollout | None = None) -> list[torch.Tensor]:
         """Row indices of each micro-batch (`micro_batch_rows`); prompt groups count when prompts are shared.
@@ -246,23 +360,42 @@ class GRPOModule(L.LightningModule):
             return self._logprobs(self.model, r)[0]
 
     def _update(self, r: Rollout, mask: torch.Tensor, advantages: torch.Tensor, micro: list[torch.Tensor],
-                norm: StepNorm, ref: list, old: list, opt, first: bool) -> dict[str, float]:
-        """One optimizer step over all micro-batches; the batch-mean stats of its forward passes."""
+                norm: StepNorm, ref: list, old: list, opt, first: bool) -> tuple[dict[str, float], dict[str, float]]:
+        """One optimizer step over all micro-batches; the stats of its forward passes and the token
+        count each per-token mean is over (this rank's)."""
         profile = self.trainer.profiler.profile
         opt.zero_grad()
         with profile("grpo/fwd_bwd"):
             sums = self._forward_backward(r, mask, advantages, micro, norm, ref, old, first)
         with profile("grpo/optimizer"):
             if self.max_grad_norm:
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.model.parameters() if p.requires_grad], self.max_grad_norm)
-                sums["train/grad_norm"] = float(grad_norm)
+                sums["train/grad_norm"] = self._clip_gradients()
             opt.step()
-        return sums
+        tokens = sums.pop("tokens")
+        stats = {k: (v / max(tokens, 1.0) if k in TOKEN_STATS else v) for k, v in sums.items()}
+        return stats, {k: tokens for k in sums if k in TOKEN_STATS}
+
+    def _clip_gradients(self) -> float:
+        """Clip to max_grad_norm; the total norm before clipping, over the whole model.
+
+        Under FSDP a rank holds a shard of each gradient, so the root's `clip_grad_norm_` (which
+        reduces the norm over ranks) clips; elsewhere every rank holds the whole (all-reduced) gradient.
+        """
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.model if isinstance(self.model, FullyShardedDataParallel) else self.trainer.strategy.model
+        if isinstance(root, FullyShardedDataParallel):
+            return float(root.clip_grad_norm_(self.max_grad_norm))
+        return float(torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                    self.max_grad_norm))
 
     def _forward_backward(self, r: Rollout, mask: torch.Tensor, advantages: torch.Tensor, micro: list[torch.Tensor],
                           norm: StepNorm, ref: list, old: list, first: bool) -> dict[str, float]:
-        sums: dict[str, float] = {}
+        """Backward of every micro-batch's loss share. Returns this rank's sums: `train/loss` (of the
+        shares), `tokens` (loss tokens), each of TOKEN_STATS summed over those tokens, and
+        `rollout/logprob_diff_max`. Token sums, not micro-batch means: the batch means are then
+        the same however the batch is cut into micro-batches or ranks."""
+        sums: dict[str, float] = {"train/loss": 0.0, "tokens": 0.0, "rollout/logprob_diff_max": 0.0}
         for m, ref_lp, old_lp in zip(micro, ref, old):
             part = r.select(m)
             mb_mask = mask[m][:, : part.completion_ids.shape[1]].to(self.device).float()
@@ -274,18 +407,17 @@ class GRPOModule(L.LightningModule):
                                               self.clip_high, is_w)
             kl = self.kl_fn(logp, ref_lp) if ref_lp is not None else torch.zeros_like(logp)
             loss = self.loss_agg(per_token + self.beta * kl, mb_mask, norm)
-            # DDP averages gradients over ranks; the shares already divide by the global count.
+            # DDP and FSDP average gradients over ranks; the shares already divide by the global count.
             self.manual_backward(loss * self.trainer.world_size)
-            w = mb_mask.shape[0] / max(norm.num_samples, 1)  # micro-batch weight for batch means
             diff = (old_lp.detach() - sampler_lp).abs() * mb_mask
-            for key, value in (("train/loss", loss.item()), ("train/kl", masked_mean(kl.detach(), mb_mask).item() * w),
-                               ("train/clip_frac", masked_mean(st["clipped"].float(), mb_mask).item() * w),
-                               ("train/is_weight_mean", masked_mean(is_w, mb_mask).item() * w),
-                               ("rollout/logprob_diff_mean", masked_mean(diff, mb_mask).item() * w)):
-                sums[key] = sums.get(key, 0.0) + value
-            sums["rollout/logprob_diff_max"] = max(sums.get("rollout/logprob_diff_max", 0.0), diff.max().item())
-            if entropy is not None:
-                sums["train/entropy"] = sums.get("train/entropy", 0.0) + masked_mean(entropy, mb_mask).item() * w
+            sums["train/loss"] += loss.item()
+            sums["tokens"] += mb_mask.sum().item()
+            for key, values in (("train/kl", kl.detach()), ("train/clip_frac", st["clipped"]),
+                                ("train/is_weight_mean", is_w), ("rollout/logprob_diff_mean", diff),
+                                ("train/entropy", entropy)):
+                if values is not None:
+                    sums[key] = sums.get(key, 0.0) + masked_sum(values, mb_mask)
+            sums["rollout/logprob_diff_max"] = max(sums["rollout/logprob_diff_max"], diff.max().item())
         return sums
 
     def configure_optimizers(self):

@@ -47,14 +47,40 @@ class SFTModule(L.LightningModule):
         loss, n_tokens = assistant_token_loss(self(batch), batch["labels"])
         now = time.perf_counter()
         bs = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        tokens = float(batch["attention_mask"].sum())
+        logged_loss = loss.detach()
+        if self.trainer.world_size > 1:
+            loss, logged_loss, n_tokens, tokens = self._global_token_mean(loss, n_tokens, tokens)
+        self.log("train/loss", logged_loss, prog_bar=True, batch_size=bs)
         self.log("train/target_tokens", float(n_tokens), batch_size=bs)
         if self._t_last is not None:
-            tokens = float(batch["attention_mask"].sum())
-            self.log("train/tokens_per_s", tokens / max(now - self._t_last, 1e-9), batch_size=bs)
+            self.log("train/tokens_per_s", tokens / max(now - self._t_last, 1e-9), batch_size=bs,
+                     sync_dist=True)  # on N ranks: the global batch's tokens over the ranks' mean step time
         self._t_last = now
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         return loss
+
+    def _global_token_mean(self, loss: torch.Tensor, n_tokens: int, tokens: float):
+        """On N ranks: the loss whose gradient, averaged over ranks by DDP/FSDP, is that of the mean over
+        every rank's target tokens (a rank's own mean would weigh a token by its rank's token count),
+        plus the logged numbers of the global batch: (loss, mean loss, target tokens, tokens)."""
+        local = torch.tensor([loss.detach().float().item() * n_tokens, n_tokens, tokens], device=self.device,
+                             dtype=torch.float64)
+        loss_sum, total, all_tokens = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
+        scale = n_tokens / max(total, 1.0) * self.trainer.world_size
+        return loss * scale, loss_sum / max(total, 1.0), int(total), all_tokens
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """`trainer.gradient_clip_val` under FSDP too: each rank holds a shard of the gradients, so the
+        FSDP root clips by the norm over all ranks (Lightning's FSDP refuses to clip by norm)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.strategy.model
+        by_norm = gradient_clip_algorithm in (None, "norm")
+        if isinstance(root, FullyShardedDataParallel) and gradient_clip_val and by_norm:
+            root.clip_grad_norm_(float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss, n = assistant_token_loss(self(batch), batch["labels"])

@@ -2,8 +2,9 @@
 
 A generator turns B prompts (token ids) into B·n completions (`generate`) and, if it keeps its own
 copy of the weights, takes the policy's new ones (`sync_weights`). Each call's seed is derived
-from (seed, call count); the count is part of `generator_state()`, which the sampler callbacks put
-in the checkpoint, so a resumed run draws the same completions as an uninterrupted one.
+from (seed, rank, call count) (`call_seed`); the count is part of `generator_state()`, which the
+sampler callbacks put in the checkpoint, so a resumed run draws the same completions as an
+uninterrupted one.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Generator:
         self.temperature, self.top_p, self.max_tokens = float(temperature), float(top_p), int(max_tokens)
         self.seed = int(seed)
         self.calls = 0
+        self.rank = 0  # the process's global rank (the sampler callbacks set it in `setup`)
         self.model: Any = None
         self.tokenizer: Any = None
 
@@ -47,15 +49,31 @@ class Generator:
         return self
 
     def sampling(self, n: int) -> SamplingConfig:
-        """This call's settings; the seed moves with every call."""
+        """This call's settings; the seed moves with every call and differs between ranks."""
         return SamplingConfig(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                              seed=self.seed * 1_000_003 + self.calls)
+                              seed=call_seed(self.seed, self.rank, self.calls))
 
     def generator_state(self) -> dict:
         return {"calls": self.calls, "seed": self.seed}
 
     def load_generator_state(self, state: dict) -> None:
         self.calls, self.seed = int(state["calls"]), int(state["seed"])
+
+
+# Odd 64-bit constant (2^64 / golden ratio): rank r's seeds differ from rank 0's in high bits that
+# seed · 1_000_003 + calls never reaches, so no two (rank, call) pairs of a run share a seed.
+_RANK_MIX = 0x9E3779B97F4A7C15
+
+
+def call_seed(seed: int, rank: int, calls: int) -> int:
+    """The sampling seed of call number `calls` on global rank `rank`.
+
+    Rank 0 keeps seed · 1_000_003 + calls, the single-process seed, so one-process runs and their
+    checkpoints draw exactly what they drew before; rank r > 0 mixes its rank in, so ranks never
+    sample the same completions from the same random stream. Non-negative, < 2^63.
+    """
+    base = seed * 1_000_003 + calls
+    return base if rank == 0 else (base ^ (rank * _RANK_MIX)) & (2 ** 63 - 1)
 
 
 def stop_token_ids(tokenizer: Any, model: torch.nn.Module | None) -> list[int]:
