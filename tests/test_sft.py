@@ -182,3 +182,19 @@ def test_optimizer_errors_name_the_key(tiny_model):
     frozen = itertools.chain([torch.nn.Parameter(torch.zeros(1), requires_grad=False)])
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer(frozen)
+
+
+def test_export_leaves_no_temp_and_cleans_a_killed_exports(tiny_model, tokenizer, tmp_path):
+    """The export writes beside its target and renames; a temp dir a dead process left is removed."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    from secreason.checkpoint_io import _host
+
+    orphan = tmp_path / f".hf_model.{_host()}.{dead}.0123abcd.export"
+    orphan.mkdir()
+    (orphan / "model.safetensors").write_bytes(b"half")
+    out = export_hf(tiny_model, tokenizer, tmp_path / "hf_model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_model"] and (out / "config.json").is_file()

@@ -171,22 +171,28 @@ def wrap_lora(model, lora: Mapping[str, Any]):
     return model
 
 
+EXPORT_SUFFIX = ".export"  # temp dirs of an export in progress: `.hf_model.<host>.<pid>.<hex>.export`
+
+
 def export_hf(model, tokenizer, out_dir: str | Path, state_dict: Mapping[str, Any] | None = None) -> Path:
     """Save the policy (LoRA merged, a 4-bit base dequantized) + tokenizer as an HF dir that
     `model.path=` accepts. The weights are `secreason.sampling.weights.save_policy`'s, the same the
-    vLLM sampler serves; written to a temp dir beside `out_dir`, then renamed into place.
+    vLLM sampler serves; written to a temp dir beside `out_dir`, then renamed into place (temp
+    dirs of killed exports there are removed first).
 
     `state_dict`: the full weights gathered elsewhere (FSDP: `model` itself holds only shards),
     saved with `model`'s config; a plain (not peft) model only."""
     import os
     import shutil
-    import tempfile
 
+    from secreason.checkpoint_io import own_temp_path, remove_stale_temps
     from secreason.sampling.weights import save_policy
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    remove_stale_temps(out_dir.parent, EXPORT_SUFFIX)  # what a killed export left behind
+    tmp = own_temp_path(out_dir, EXPORT_SUFFIX)
+    tmp.mkdir()
     try:
         if state_dict is None:
             save_policy(model, tokenizer, tmp)
