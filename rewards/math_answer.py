@@ -90,6 +90,9 @@ _CMD_SEP = {"le", "leq", "ge", "geq", "ne", "neq", "approx", "equiv", "to", "in"
             "gt", "\\", "cup", "cap", "land", "lor", "implies", "iff", "rightarrow", "Rightarrow",
             "leftarrow", "Leftarrow", "mapsto", "ldots", "cdots", "dots", "colon", "setminus", "leqslant",
             "geqslant", "propto", "subset", "subseteq", "supset", "supseteq", "and", "or"}
+# LaTeX commands that read as one bracket or operator
+_CMD_AS_TOKEN = ((_CMD_OPEN, ("open", "{")), (_CMD_CLOSE, ("close", "}")), (_CMD_MUL, ("op", "*")),
+                 (_CMD_DIV, ("op", "/")), (_CMD_ADD, ("op", "+")), (_CMD_SEP, ("op", ",")))
 
 
 def _digits_log10(digits: str) -> float:
@@ -129,20 +132,11 @@ def _tokens(text: str) -> list[tuple[str, object]]:
                 out.append(("num", s))
         elif kind == "cmd":
             name = value[1:]
+            token = next((t for names, t in _CMD_AS_TOKEN if name in names), None)
             if name in _CMD_IGNORED:
                 pass
-            elif name in _CMD_OPEN:
-                out.append(("open", "{"))
-            elif name in _CMD_CLOSE:
-                out.append(("close", "}"))
-            elif name in _CMD_MUL:
-                out.append(("op", "*"))
-            elif name in _CMD_DIV:
-                out.append(("op", "/"))
-            elif name in _CMD_ADD:
-                out.append(("op", "+"))
-            elif name in _CMD_SEP:
-                out.append(("op", ","))
+            elif token is not None:
+                out.append(token)
             elif name in _CMD_FRAC or name in _CMD_BINOM or name in ("sqrt", "choose"):
                 out.append(("cmd", name if name in ("sqrt", "choose") else "frac" if name in _CMD_FRAC else "binom"))
             else:  # \pi, \infty, \log, \alpha, ...
