@@ -264,6 +264,7 @@ def test_vllm_rollout_and_eval_answers_stop_at_eot(sft_model, l31_tok):
                         check_sync=False).bind(model, l31_tok)
     try:
         assert gen.stop_ids == [EOS, EOT]
+        assert EOT in gen._params(1, 0.0, 1.0, 24, seed=0).stop_token_ids  # the engine itself stops there
         prompts = [encode_prompt(l31_tok, q, SYSTEM) for q, _ in QA]
         check_stops_at_eot(gen.generate(prompts, 1), l31_tok, 24)
         assert complete(gen, l31_tok, [chat(q) for q, _ in QA], 1) == [[a] for _, a in QA]
