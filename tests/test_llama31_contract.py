@@ -325,3 +325,42 @@ def test_heldout_scoring_moves_the_model_to_the_accelerator(sft_model, l31_tok, 
     scores = heldout_scores(model, l31_tok, rows, rewards, max_tokens=24, system_prompt=SYSTEM)
     assert moved == [torch.device("cuda")]
     assert scores["correctness"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------ train.py end to end
+
+QUIET = ["trainer.enable_progress_bar=false", "num_threads=1", "logger=csv"]
+
+
+def ok(proc) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def sft_run(run_train, l31_dir, synth_dir):
+    """`train.py +experiment=demo_sft model=tiny_llama31`, 60 steps (~20 s): its turns end with <|eot_id|>."""
+    proc = run_train("+experiment=demo_sft", "model=tiny_llama31", "trainer.max_steps=60", *QUIET)
+    ok(proc)
+    return proc.run_dir / "hf_model"
+
+
+def rollout_rows(run_dir: Path) -> list[dict]:
+    import csv
+
+    return [r for r in csv.DictReader(open(run_dir / "csv" / "metrics.csv")) if r.get("rollout/truncated_frac")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_grpo_rollouts_of_the_sft_miniature_end_their_turns(run_train, sft_run, sampler):
+    """GRPO from the SFT run with each sampler: rollouts end at <|eot_id|> (nothing truncated at
+    max_tokens=48; without <|eot_id|> in the stop set every one ran to 48)."""
+    proc = run_train("+experiment=grpo", "model=tiny_llama31", f"model.path={sft_run}", f"sampler={sampler}",
+                     "trainer.max_steps=2", "data.batch_size=4", "algorithm.num_generations=2",
+                     "sampler.max_tokens=48", "data.synth.tasks=[math,mcqa]", *QUIET)
+    ok(proc)
+    rows = rollout_rows(proc.run_dir)
+    assert len(rows) == 2
+    for r in rows:
+        assert float(r["rollout/truncated_frac"]) <= 0.25, r
+        assert float(r["rollout/completion_len_mean"]) < 40, r
