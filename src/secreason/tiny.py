@@ -3,7 +3,7 @@
 Nothing can be downloaded at run time, so tests and demos build a model from a config and a
 tokenizer from the project's own synthetic corpus, save both as an ordinary HF directory and
 load that directory back through `AutoModelForCausalLM.from_pretrained` like any hub model.
-Built once per (size, seed) into a cache dir; the build is deterministic for a seed.
+Built once per (size, seed, flavor) into a cache dir; the build is deterministic for a seed.
 
 head_dim is 64 in every size because vLLM's CPU attention rejects smaller heads.
 
@@ -17,8 +17,9 @@ Two flavors (`model.tiny_flavor`):
   reserved tokens in between and after); bos `<|begin_of_text|>`, which the tokenizer adds to
   every encode (its post-processor, as Llama's); eos `<|end_of_text|>`; no pad token; NO chat
   template (the project's fallback, secreason.models.DEFAULT_CHAT_TEMPLATE, applies); a
-  generation config listing only `<|end_of_text|>`; untied embeddings and llama3 RoPE scaling (8192 → 131072
-  positions) as in the 8B. The vocabulary is kept small (512 + 256): only the layout is Llama's, not the ids.
+  generation config listing only `<|end_of_text|>`; untied embeddings and llama3 RoPE scaling
+  (8192 → 131072 positions) as in the 8B. The vocabulary is kept small (512 + 256): the layout is
+  Llama's, the ids are not.
 """
 from __future__ import annotations
 
