@@ -196,6 +196,19 @@ def test_end_of_turn_is_derived_from_the_template(l31_tok, tokenizer, l31_dir):
     assert stop_token_ids(other, model) == [EOS, EOM]
 
 
+def test_no_end_of_turn_when_the_template_ends_turns_with_plain_text_or_cannot_render(l31_dir):
+    """Turns ending in '\n\n' (no special token), or a template that raises on an assistant turn:
+    nothing is derived, the stop set is eos alone."""
+    model = load_causal_lm(str(l31_dir))
+    newline = load_tokenizer(str(l31_dir), chat_template=DEFAULT_CHAT_TEMPLATE.replace("<|eot_id|>", "\n\n"))
+    raising = load_tokenizer(str(l31_dir), chat_template=(
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ raise_exception('no') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"))
+    for t in (newline, raising):
+        assert end_of_turn_id(t) is None
+        assert stop_token_ids(t, model) == [EOS]
+
+
 def expected_completion(tok, answer: str) -> list[int]:
     return plain(tok, answer) + [EOT]
 
