@@ -51,6 +51,7 @@ def render_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fa
 
 
 _PROBE_ANSWER = "secreason-probe-answer"
+_unrenderable: set[str] = set()  # templates already warned about (samplers ask on every call)
 
 
 def end_of_turn_id(tokenizer) -> int | None:
@@ -62,7 +63,10 @@ def end_of_turn_id(tokenizer) -> int | None:
     try:
         text = tokenizer.apply_chat_template(probe, tokenize=False)
     except Exception as e:  # noqa: BLE001 - any template error means: nothing to derive
-        log.warning("the chat template cannot render a probe turn (%s); no end-of-turn stop token", e)
+        if str(tokenizer.chat_template) not in _unrenderable:
+            _unrenderable.add(str(tokenizer.chat_template))
+            log.warning("the chat template cannot render a user + assistant turn (%s); completions stop at "
+                        "eos only", " ".join(str(e).split())[:200])
         return None
     at = text.rfind(_PROBE_ANSWER)
     if at < 0:
