@@ -303,6 +303,16 @@ def test_resolve_device(monkeypatch):
         resolve_device("cuda:2")
 
 
+def test_eval_names_a_bad_device_before_loading_anything(compose_eval, monkeypatch):
+    from secreason.eval.runner import validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^device='gpu0' is not a device"):
+        validate(compose_eval("device=gpu0"))
+    with pytest.raises(ConfigError, match=r"^device=cuda: no CUDA device"):
+        validate(compose_eval("device=cuda"))
+
+
 def test_load_causal_lm_places_the_model_on_device(l31_dir):
     """`meta` stands in for an accelerator: the weights end up where `device` says."""
     assert next(load_causal_lm(str(l31_dir), device="meta").parameters()).device.type == "meta"

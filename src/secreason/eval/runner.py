@@ -34,6 +34,9 @@ def members(cfg: DictConfig) -> tuple[str, ...]:
 
 def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before a model is loaded."""
+    from secreason.models import resolve_device
+
+    resolve_device(cfg.get("device", "auto"))  # an unknown device, or cuda on a box without one
     proto = cfg.protocol.name
     if proto not in PROTOCOLS:
         raise EvalError(f"protocol={proto!r} unknown; choose report or ctibench")
