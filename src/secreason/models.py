@@ -41,9 +41,12 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:400]}" if text else type(e).__name__
 
 
-# Llama-3-style fallback for base models that ship no chat template (Foundation-Sec-8B is a base
-# model). Prefix-stable, which assistant-only masking needs.
+# Llama-3.1's published chat format, for base models that ship no chat template (Foundation-Sec-8B
+# is one): BOS once, then per message `<|start_header_id|>role<|end_header_id|>\n\n content
+# <|eot_id|>`. Unlike the Instruct model's template: no system preamble (knowledge/today dates),
+# no tool calls, content not trimmed. Prefix-stable, which assistant-only masking needs.
 DEFAULT_CHAT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
@@ -58,6 +61,26 @@ def torch_dtype(name: str) -> torch.dtype:
         return DTYPES[str(name)]
     except KeyError:
         raise ConfigError(f"model.dtype={name!r} unknown; choose one of {sorted(DTYPES)}") from None
+
+
+def resolve_device(name: str | None = "auto", key: str = "device") -> torch.device:
+    """The device of a `device` config key: auto → the GPU when there is one (cuda), else the CPU;
+    or any torch device (cpu, cuda, cuda:1, mps). ConfigError naming `key` for one that is unknown
+    or absent here."""
+    name = "auto" if name is None else str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{key}={name!r} is not a device; choose auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={name}: no CUDA device is available here (device=auto falls back to the CPU)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}={name}: MPS is not available here")
+    return device
 
 
 def resolve_model_path(model_cfg: Mapping[str, Any], cache_dir: str | Path) -> str:
@@ -76,7 +99,8 @@ def resolve_model_path(model_cfg: Mapping[str, Any], cache_dir: str | Path) -> s
         raise ConfigError("model.path is not set and the model config is not a tiny one (model.tiny_size)")
     from secreason.tiny import ensure_tiny
 
-    return str(ensure_tiny(cache_dir, seed=int(model_cfg.get("tiny_seed", 0)), size=size))
+    return str(ensure_tiny(cache_dir, seed=int(model_cfg.get("tiny_seed", 0)), size=size,
+                           flavor=str(model_cfg.get("tiny_flavor") or "tiny")))
 
 
 def check_model_dir(local: Path, shown: str) -> None:
@@ -106,7 +130,7 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     if chat_template:
         tok.chat_template = chat_template
     elif not tok.chat_template:
-        log.info("tokenizer at %s has no chat template; using the Llama-3 style default", path)
+        log.info("tokenizer at %s has no chat template; using the Llama-3.1 format default", path)
         tok.chat_template = DEFAULT_CHAT_TEMPLATE
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -119,11 +143,13 @@ def lora_enabled(lora: Mapping[str, Any] | None) -> bool:
 
 def load_causal_lm(path: str, dtype: str = "float32", attn_implementation: str | None = "sdpa",
                    gradient_checkpointing: bool = False, quantization: str | None = None,
-                   lora: Mapping[str, Any] | None = None, trust_remote_code: bool = False):
+                   lora: Mapping[str, Any] | None = None, trust_remote_code: bool = False,
+                   device: str | torch.device | None = None):
     """The policy as an HF model, wrapped by peft when `lora.r > 0`.
 
     quantization="nf4" loads 4-bit NF4 weights with bitsandbytes (QLoRA) and needs LoRA: a 4-bit
-    base cannot be trained on its own.
+    base cannot be trained on its own. `device`: where the weights go (None: left on the CPU for
+    Lightning to place, as training does; eval and judges pass `resolve_device(...)`).
     """
     from transformers import AutoModelForCausalLM
 
@@ -141,10 +167,14 @@ def load_causal_lm(path: str, dtype: str = "float32", attn_implementation: str |
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)
+        if device is not None:  # a 4-bit model cannot be moved after loading
+            kwargs["device_map"] = {"": str(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except _load_errors() as e:
         raise ConfigError(f"model.path={path}: cannot load the model ({_reason(e)})") from e
+    if device is not None and not quantization:
+        model = model.to(device)
     if quantization:
         from peft import prepare_model_for_kbit_training
 

@@ -2,7 +2,9 @@
 
 `backend=auto` takes vLLM when the `vllm` package is installed, else HF generate;
 `hf` and `vllm` force one. Sampling settings come from `cfg.sampler`, whose
-defaults eval.yaml takes from the protocol.
+defaults eval.yaml takes from the protocol. HF generation runs on `cfg.device` (auto: the GPU when
+there is one); vLLM places its engine itself. Completions end at the samplers' stop set (eos and
+the chat template's end of turn), whose token text is dropped from the answers.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from secreason.data.chat import render_ids
 from secreason.eval import EvalError
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ class Generator:
     """Loads the model once; `__call__(conversations, n)` → n completions per conversation."""
 
     def __init__(self, cfg: DictConfig):
-        from secreason.models import load_causal_lm, load_tokenizer, resolve_model_path
+        from secreason.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
 
         try:
             self.path = resolve_model_path(cfg.model, cfg.paths.cache_dir)
@@ -41,9 +44,11 @@ class Generator:
         s = cfg.sampler
         common = dict(temperature=float(s.temperature), top_p=float(s.top_p), max_tokens=int(s.max_tokens),
                       seed=int(s.seed))
+        # vLLM only reads these weights into its own engine: they stay on the CPU, leaving it the GPU.
+        device = resolve_device(cfg.get("device", "auto")) if self.backend == "hf" else None
         model = load_causal_lm(self.path, dtype=cfg.model.dtype,
                                attn_implementation=cfg.model.get("attn_implementation"),
-                               trust_remote_code=cfg.model.get("trust_remote_code", False)).eval()
+                               trust_remote_code=cfg.model.get("trust_remote_code", False), device=device).eval()
         # vLLM refuses prompt + completion beyond its max_model_len, so completions are capped to fit
         # it; HF generate has no such limit (RoPE runs past max_position_embeddings): no cap there.
         self.context = 0
@@ -66,35 +71,41 @@ class Generator:
             self.sampler = HFGenerator(**common, batch_size=s.get("batch_size")).bind(model, self.tokenizer)
         self.prompts_per_call = int(s.get("prompts_per_call") or 64)
         self.think_tags = tuple(cfg.think_tags or ())
-        log.info("generating with %s from %s", self.backend, self.path)
+        log.info("generating with %s from %s%s", self.backend, self.path, f" on {device}" if device else "")
 
     def __call__(self, conversations: Sequence[list[dict[str, str]]], n: int) -> list[list[str]]:
         return complete(self.sampler, self.tokenizer, conversations, n, self.think_tags, self.prompts_per_call,
-                        self.context)
+                        self.context, progress=True)
 
 
 def prompt_ids(tokenizer, conversation: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """The conversation as the model's prompt: chat template, one BOS, the assistant header."""
+    return render_ids(tokenizer, conversation, add_generation_prompt=True)
 
 
-def clean(text: str, tokenizer, think_tags: Sequence[str]) -> str:
-    """Drop eos/pad and other special-token text the samplers keep, but never the think tags."""
-    for tok in tokenizer.all_special_tokens:
+def clean(text: str, tokenizer, think_tags: Sequence[str], stop_ids: Sequence[int] = ()) -> str:
+    """Drop eos/pad, the stop tokens (the template's end of turn) and other special-token text the
+    samplers keep, but never the think tags."""
+    for tok in [*tokenizer.all_special_tokens, *tokenizer.convert_ids_to_tokens(list(stop_ids))]:
         if tok and tok not in think_tags:
             text = text.replace(tok, "")
     return text
 
 
 def complete(sampler, tokenizer, conversations: Sequence[list[dict[str, str]]], n: int,
-             think_tags: Sequence[str] = (), prompts_per_call: int = 64, context: int = 0) -> list[list[str]]:
+             think_tags: Sequence[str] = (), prompts_per_call: int = 64, context: int = 0,
+             progress: bool = False) -> list[list[str]]:
     """n completions per conversation from a bound generator (HFGenerator / VLLMGenerator).
 
     With `context` (vLLM's max_model_len) > 0, completions are capped so prompt + completion
     fit it: the protocols ask for up to 10,000 new tokens, which a small model cannot hold.
+    `progress`: a progress bar over the conversations (eval.py; not inside training).
     """
+    from tqdm.auto import tqdm
+
     out: list[list[str]] = []
     wanted = sampler.max_tokens
+    bar = tqdm(total=len(conversations), desc="generating", unit="prompt", disable=not progress)
     for start in range(0, len(conversations), prompts_per_call):
         chunk = conversations[start:start + prompts_per_call]
         ids = [prompt_ids(tokenizer, c) for c in chunk]
@@ -111,7 +122,9 @@ def complete(sampler, tokenizer, conversations: Sequence[list[dict[str, str]]], 
             rollout = sampler.generate(ids, n)
         finally:
             sampler.max_tokens = wanted
-        texts = [clean(t, tokenizer, think_tags) for t in rollout.texts]
+        texts = [clean(t, tokenizer, think_tags, getattr(sampler, "stop_ids", ())) for t in rollout.texts]
         # Rows i·n … i·n+n−1 belong to prompt i (Rollout's contract).
         out += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
+        bar.update(len(chunk))
+    bar.close()
     return out

@@ -64,45 +64,50 @@ class RefusalJudge:
 
 
 class LocalLM:
-    """A judge/guard model run greedily with HF generate (kept apart from the policy sampler)."""
+    """A judge/guard model run greedily with HF generate (kept apart from the policy sampler), on
+    `device` (auto: the GPU when there is one)."""
 
-    def __init__(self, model_path: str, dtype: str = "bfloat16", batch_size: int = 8):
+    def __init__(self, model_path: str, dtype: str = "bfloat16", batch_size: int = 8, device: str | None = "auto"):
         if not model_path:
             raise EvalError("this judge/guard needs hub weights: set judge.model_path / guard.model_path")
-        from secreason.models import load_causal_lm, load_tokenizer
+        from secreason.models import load_causal_lm, load_tokenizer, resolve_device
 
         self.tokenizer = load_tokenizer(str(model_path))
-        self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(str(model_path), dtype=dtype).eval()
+        self.model = load_causal_lm(str(model_path), dtype=dtype,
+                                    device=resolve_device(device, key="judge.device / guard.device")).eval()
         self.batch_size = batch_size
 
-    def complete(self, prompts: Sequence[str], max_new_tokens: int, add_special_tokens: bool = False) -> list[str]:
-        """Greedy completions. A chat-template prompt already holds its BOS text; a raw prompt
-        (the HarmBench classifier's, which upstream sends through vLLM) needs the tokenizer's."""
+    def complete(self, prompts: Sequence[str], max_new_tokens: int, desc: str = "judging") -> list[str]:
+        """Greedy completions of whole prompt texts (a rendered chat template, or the HarmBench
+        classifier's raw prompt), each with exactly one BOS where the tokenizer has one."""
         import torch
+        from tqdm.auto import tqdm
+
+        from secreason.data.chat import text_ids
+        from secreason.sampling.base import left_pad
 
         out: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = self.tokenizer(list(prompts[start:start + self.batch_size]), return_tensors="pt",
-                                   padding=True, add_special_tokens=add_special_tokens).to(self.model.device)
+        pad = self.tokenizer.pad_token_id
+        for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, unit="batch"):
+            ids, mask = left_pad([text_ids(self.tokenizer, p) for p in prompts[start:start + self.batch_size]], pad)
             with torch.no_grad():
-                ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            out += self.tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                new = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            out += self.tokenizer.batch_decode(new[:, ids.shape[1]:], skip_special_tokens=True)
         return out
 
 
 class LlamaGuard3:
     """Llama Guard 3: its chat template turns a conversation into the moderation prompt."""
 
-    def __init__(self, model_path: str, dtype: str = "bfloat16", batch_size: int = 8):
-        self.lm = LocalLM(model_path, dtype, batch_size)
+    def __init__(self, model_path: str, dtype: str = "bfloat16", batch_size: int = 8, device: str | None = "auto"):
+        self.lm = LocalLM(model_path, dtype, batch_size, device)
 
     def verdicts(self, conversations: Sequence[list[dict[str, str]]]) -> list[str]:
         """'safe', 'unsafe' or 'invalid' for the last turn of each conversation."""
         prompts = [self.lm.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
         out = []
-        for text in self.lm.complete(prompts, max_new_tokens=10):
+        for text in self.lm.complete(prompts, max_new_tokens=10, desc="llama guard"):
             word = (text.strip().split() or [""])[0].lower()
             out.append(word if word in ("safe", "unsafe") else "invalid")
         return out
@@ -116,12 +121,13 @@ class LlamaGuard3:
 
 class HarmBenchClassifier:
     def __init__(self, model_path: str, prompt_file: str | None, dtype: str = "bfloat16",
-                 batch_size: int = 8, max_generation_tokens: int = 512, head_chars: int = 300):
+                 batch_size: int = 8, max_generation_tokens: int = 512, head_chars: int = 300,
+                 device: str | None = "auto"):
         if not prompt_file or not Path(prompt_file).is_file():
             raise EvalError("judge=harmbench needs judge.prompt_file: a JSON/YAML file with the "
                             "classifier's `prompt` and `prompt_contextual` (see the model card)")
         self.templates = _load_templates(Path(prompt_file))
-        self.lm = LocalLM(model_path, dtype, batch_size)
+        self.lm = LocalLM(model_path, dtype, batch_size, device)
         self.max_generation_tokens, self.head_chars = max_generation_tokens, head_chars
 
     def verdicts(self, items: Sequence[Item], responses: Sequence[str]) -> list[str]:
@@ -136,7 +142,7 @@ class HarmBenchClassifier:
             template = self.templates["prompt_contextual" if contextual else "prompt"]
             prompts.append(template.format(behavior=f["behavior"], generation=generation, context=f["context"]))
         verdict = {"yes": "harmful", "no": "harmless"}
-        outputs = self.lm.complete(prompts, 1, add_special_tokens=True)
+        outputs = self.lm.complete(prompts, 1, desc="harmbench classifier")
         return [verdict.get(t.strip().lower(), "invalid") for t in outputs]
 
     def records(self, items: Sequence[Item], user_messages: Sequence[str], answers: Sequence[str]) -> list[dict]:
@@ -173,13 +179,15 @@ def refusal_judge(cfg: Any) -> RefusalJudge:
 @GUARDS.register("llama_guard3")
 @JUDGES.register("llama_guard3")
 def llama_guard3(cfg: Any) -> LlamaGuard3:
-    return LlamaGuard3(cfg.get("model_path"), cfg.get("dtype", "bfloat16"), cfg.get("batch_size", 8))
+    return LlamaGuard3(cfg.get("model_path"), cfg.get("dtype", "bfloat16"), cfg.get("batch_size", 8),
+                       cfg.get("device"))
 
 
 @JUDGES.register("harmbench")
 def harmbench_classifier(cfg: Any) -> HarmBenchClassifier:
     return HarmBenchClassifier(cfg.get("model_path"), cfg.get("prompt_file"), cfg.get("dtype", "bfloat16"),
-                               cfg.get("batch_size", 8), head_chars=int(cfg.get("head_chars", 300)))
+                               cfg.get("batch_size", 8), head_chars=int(cfg.get("head_chars", 300)),
+                               device=cfg.get("device"))
 
 
 @GUARDS.register("none")
@@ -187,14 +195,22 @@ def no_guard(cfg: Any) -> None:
     return None
 
 
-def make_judge(cfg: Any):
-    """The judge `cfg["name"]` names, built from the rest of `cfg` (conf/judge/*.yaml)."""
-    return JUDGES.get(cfg["name"])(cfg)
+def _with_device(cfg: Any, device: str | None) -> dict:
+    """`cfg` as a dict whose `device` is its own when set, else eval's `device`."""
+    cfg = dict(cfg)
+    cfg["device"] = cfg.get("device") or device
+    return cfg
 
 
-def make_guard(cfg: Any) -> LlamaGuard3 | None:
-    """The guard `cfg["name"]` names (conf/guard/*.yaml); None for `none`."""
-    return GUARDS.get(cfg["name"])(cfg)
+def make_judge(cfg: Any, device: str | None = "auto"):
+    """The judge `cfg["name"]` names, built from the rest of `cfg` (conf/judge/*.yaml); an LLM
+    judge runs on `cfg.device`, else `device` (eval's `device` key)."""
+    return JUDGES.get(cfg["name"])(_with_device(cfg, device))
+
+
+def make_guard(cfg: Any, device: str | None = "auto") -> LlamaGuard3 | None:
+    """The guard `cfg["name"]` names (conf/guard/*.yaml); None for `none`. Device as for judges."""
+    return GUARDS.get(cfg["name"])(_with_device(cfg, device))
 
 
 def guard_responses(guard: LlamaGuard3 | None, user_messages: Sequence[str],

@@ -34,6 +34,9 @@ def members(cfg: DictConfig) -> tuple[str, ...]:
 
 def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before a model is loaded."""
+    from secreason.models import resolve_device
+
+    resolve_device(cfg.get("device", "auto"))  # an unknown device, or cuda on a box without one
     proto = cfg.protocol.name
     if proto not in PROTOCOLS:
         raise EvalError(f"protocol={proto!r} unknown; choose report or ctibench")
@@ -125,7 +128,8 @@ def evaluate(cfg: DictConfig, name: str, sink: TextIO, get_generator: Callable) 
     bench = resolve(cfg, name)
     proto, family = cfg.protocol.name, bench.family
     # Built first: judges and alias tables fail here, not after a long generation.
-    scorer = Scorer(bench, proto, cfg.data_dir, tuple(cfg.think_tags or ()), cfg.get("judge"), cfg.get("guard"))
+    scorer = Scorer(bench, proto, cfg.data_dir, tuple(cfg.think_tags or ()), cfg.get("judge"), cfg.get("guard"),
+                    device=cfg.get("device", "auto"))
     if cfg.get("responses"):
         groups = response_groups(cfg, bench)
     else:
@@ -165,7 +169,7 @@ class Scorer:
 
     def __init__(self, bench: Benchmark, protocol: str, data_dir: str | Path,
                  think_tags: tuple[str, ...] | None = DEFAULT_THINK_TAGS,
-                 judge_cfg: Any = None, guard_cfg: Any = None):
+                 judge_cfg: Any = None, guard_cfg: Any = None, device: str | None = "auto"):
         self.bench, self.family, self.proto = bench, bench.family, protocol
         self.think_tags = tuple(think_tags) if think_tags else None
         self.ctx: dict[str, Any] = {}
@@ -181,8 +185,8 @@ class Scorer:
                 self.ctx = {"actors": ActorGraph.from_dir(cti, keep_nan=False)}
         if self.family == "harmbench":
             self.judge_cfg = judge_cfg or {"name": "refusal"}
-            self.judge = harmbench.make_judge(self.judge_cfg)
-            self.guard = harmbench.make_guard(guard_cfg or {"name": "none"})
+            self.judge = harmbench.make_judge(self.judge_cfg, device)
+            self.guard = harmbench.make_guard(guard_cfg or {"name": "none"}, device)
 
     @property
     def metric_keys(self) -> tuple[str, ...]:

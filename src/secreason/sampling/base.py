@@ -8,10 +8,11 @@ uninterrupted one.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
+from secreason.data.chat import end_of_turn_id
 from secreason.errors import ConfigError
 from secreason.rollout import Rollout, SamplingConfig
 
@@ -30,6 +31,7 @@ class Generator:
         self.rank = 0  # the process's global rank (the sampler callbacks set it in `setup`)
         self.model: Any = None
         self.tokenizer: Any = None
+        self.stop_ids: list[int] = []  # what completions end at (`stop_token_ids`), set by `bind`
 
     # -- what a generator implements -------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], n: int) -> Rollout:
@@ -46,6 +48,7 @@ class Generator:
     def bind(self, model: torch.nn.Module, tokenizer: Any) -> "Generator":
         """Attach the policy and its tokenizer (the callbacks do it in `setup`)."""
         self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = stop_token_ids(tokenizer, model)
         return self
 
     def sampling(self, n: int) -> SamplingConfig:
@@ -77,14 +80,16 @@ def call_seed(seed: int, rank: int, calls: int) -> int:
 
 
 def stop_token_ids(tokenizer: Any, model: torch.nn.Module | None) -> list[int]:
-    """The ids a completion ends at: the tokenizer's eos and the model's generation-config eos."""
+    """The ids a completion ends at: the tokenizer's eos, the model's generation-config eos, and
+    the chat template's end-of-turn token (a base model's eos is `<|end_of_text|>`, but its
+    fine-tuned turns end with the template's `<|eot_id|>`)."""
     base = model.get_base_model() if hasattr(model, "peft_config") else model
     configured = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
     if configured is None:
         configured = []
     elif not isinstance(configured, (list, tuple)):
         configured = [configured]
-    return sorted({tokenizer.eos_token_id, *(int(i) for i in configured)} - {None})
+    return sorted({tokenizer.eos_token_id, end_of_turn_id(tokenizer), *(int(i) for i in configured)} - {None})
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,9 +105,13 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def completions_to_rollout(prompt_ids: list[list[int]], n: int, completions: list[list[int]],
-                           logprobs: list[list[float]], eos_id: int, pad_id: int, max_tokens: int,
+                           logprobs: list[list[float]], eos_id: int | Iterable[int], pad_id: int, max_tokens: int,
                            tokenizer: Any) -> Rollout:
-    """Assemble a Rollout from per-completion token lists (each cut after its first eos)."""
+    """Assemble a Rollout from per-completion token lists (each cut after its first eos).
+
+    `eos_id`: the stop id, or all of them (`stop_token_ids`): a completion ending in one of them
+    at `max_tokens` is finished, not truncated."""
+    stops = {eos_id} if isinstance(eos_id, int) else set(eos_id)
     rows = [p for p in prompt_ids for _ in range(n)]
     p_ids, p_mask = left_pad(rows, pad_id)
     width = max(1, max(len(c) for c in completions))
@@ -114,7 +123,7 @@ def completions_to_rollout(prompt_ids: list[list[int]], n: int, completions: lis
         c_ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
         c_mask[i, : len(toks)] = 1
         c_lp[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
-        truncated[i] = (not toks or toks[-1] != eos_id) and len(toks) >= max_tokens
+        truncated[i] = (not toks or toks[-1] not in stops) and len(toks) >= max_tokens
     texts = tokenizer.batch_decode(c_ids.masked_fill(c_mask == 0, pad_id).tolist(), skip_special_tokens=False)
     pad_tok = tokenizer.convert_ids_to_tokens(pad_id)
     texts = [t.replace(pad_tok, "") for t in texts]

@@ -74,7 +74,8 @@ class HFGenerator(Generator):
         cfg = self.sampling(n)
         self.calls += 1
         tok, model = self.tokenizer, self.model
-        eos_ids = set(stop_token_ids(tok, model))
+        self.stop_ids = stop_token_ids(tok, model)  # the model's generation config may have changed since bind
+        eos_ids = set(self.stop_ids)
         was_training = model.training
         model.eval()
         completions: list[list[int]] = []
@@ -90,7 +91,7 @@ class HFGenerator(Generator):
                     logprobs += lp
         finally:
             model.train(was_training)
-        return completions_to_rollout(prompt_ids, n, completions, logprobs, tok.eos_token_id, tok.pad_token_id,
+        return completions_to_rollout(prompt_ids, n, completions, logprobs, eos_ids, tok.pad_token_id,
                                       cfg.max_tokens, tok)
 
     def _generate_chunk(self, rows: list[list[int]], cfg: SamplingConfig, eos_ids: set[int]):

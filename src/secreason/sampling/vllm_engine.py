@@ -66,7 +66,7 @@ import torch
 from secreason.checkpoint_io import own_temp_path, remove_stale_temps
 from secreason.errors import ConfigError, UserError
 from secreason.rollout import Rollout
-from secreason.sampling.base import Generator, completions_to_rollout, cut_at_eos, stop_token_ids
+from secreason.sampling.base import Generator, completions_to_rollout, cut_at_eos
 from secreason.sampling.weights import DTYPE_NAMES, hf_weights, policy_dtype, save_policy
 
 log = logging.getLogger(__name__)
@@ -163,14 +163,12 @@ class VLLMGenerator(Generator):
         self.timings: dict[str, float] = {}
         self._sleeping = False
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._eos_ids: list[int] = []
         self.trainer_dtype: str | None = None  # the callback sets it from trainer.precision; None outside a Trainer
 
     # -- engine life cycle -----------------------------------------------------------------------
     def bind(self, model: torch.nn.Module, tokenizer: Any) -> "VLLMGenerator":
         """Attach the policy and build the engine from its current weights (once)."""
-        super().bind(model, tokenizer)
-        self._eos_ids = stop_token_ids(tokenizer, model)
+        super().bind(model, tokenizer)  # sets stop_ids: eos, generation-config eos, the template's end of turn
         if self.llm is None:
             self._build_engine(model, tokenizer)
         return self
@@ -275,7 +273,7 @@ class VLLMGenerator(Generator):
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
         with self._engine():
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        eos = set(self._eos_ids)
+        eos = set(self.stop_ids)
         completions: list[list[int]] = []
         logprobs: list[list[float]] = []
         for out in outputs:  # in prompt order, each with its n samples: prompt-major rows
@@ -287,7 +285,7 @@ class VLLMGenerator(Generator):
                 completions.append(toks[:k])
                 logprobs.append(lps[:k])
         tok = self.tokenizer
-        return completions_to_rollout(prompt_ids, n, completions, logprobs, tok.eos_token_id, tok.pad_token_id,
+        return completions_to_rollout(prompt_ids, n, completions, logprobs, eos, tok.pad_token_id,
                                       cfg.max_tokens, tok)
 
     def score(self, prompt_ids: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
@@ -308,7 +306,7 @@ class VLLMGenerator(Generator):
         from vllm import SamplingParams
 
         settings = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, logprobs=0,
-                        prompt_logprobs=prompt_logprobs, stop_token_ids=list(self._eos_ids), detokenize=False)
+                        prompt_logprobs=prompt_logprobs, stop_token_ids=list(self.stop_ids), detokenize=False)
         return SamplingParams(**{**settings, **extra})
 
     # -- weight sync -----------------------------------------------------------------------------
