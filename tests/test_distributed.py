@@ -230,9 +230,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(spec: dict, cases: list[dict], tmp: Path) -> dict[str, list[dict]]:
-    """Run `cases` on WORLD processes; {case name: [rank 0's result, rank 1's, ...]}. A launch that
-    does not finish within LAUNCH_TIMEOUT_S is killed (both process groups) and fails the test."""
+def launch(spec: dict, cases: list[dict], tmp: Path, script: str = __file__,
+           killed: bool = False) -> dict[str, list[dict]]:
+    """Run `cases` on WORLD processes of `script` (its `worker`); {case name: [rank 0's result,
+    rank 1's, ...]} for the cases every rank finished. A launch that does not finish within
+    LAUNCH_TIMEOUT_S is killed (both process groups) and fails the test; with `killed` the ranks
+    must end by SIGKILL (a run that kills itself), otherwise with exit code 0."""
     tmp.mkdir(parents=True, exist_ok=True)
     spec_path = tmp / "spec.pt"
     torch.save({**spec, "cases": cases}, spec_path)
@@ -241,13 +244,13 @@ def launch(spec: dict, cases: list[dict], tmp: Path) -> dict[str, list[dict]]:
     procs = []
     for rank in range(WORLD):
         log = open(tmp / f"rank{rank}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, __file__, str(spec_path), str(tmp)], cwd=REPO,
+        procs.append((subprocess.Popen([sys.executable, script, str(spec_path), str(tmp)], cwd=REPO,
                                        env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     try:
         while any(p.poll() is None for p, _ in procs) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p, _ in procs):
+            if any(p.poll() not in (None, 0, -signal.SIGKILL if killed else 0) for p, _ in procs):
                 break  # one rank failed: the other would wait for it until the deadline
             time.sleep(0.5)
     finally:
@@ -260,10 +263,12 @@ def launch(spec: dict, cases: list[dict], tmp: Path) -> dict[str, list[dict]]:
     tails = "\n".join(f"--- rank {r}\n" + (tmp / f"rank{r}.log").read_text()[-12000:] for r in range(WORLD))
     if hung and all(p.returncode in (0, -signal.SIGKILL) for p, _ in procs):
         pytest.fail(f"{WORLD}-rank launch did not finish in {LAUNCH_TIMEOUT_S} s (a hang)\n{tails}")
-    if any(p.returncode != 0 for p, _ in procs):
-        pytest.fail(f"{WORLD}-rank launch failed (exit codes {[p.returncode for p, _ in procs]})\n{tails}")
+    expected = -signal.SIGKILL if killed else 0
+    if any(p.returncode != expected for p, _ in procs):
+        pytest.fail(f"{WORLD}-rank launch failed (exit codes {[p.returncode for p, _ in procs]}, expected "
+                    f"{expected})\n{tails}")
     return {c["name"]: [torch.load(tmp / f"{c['name']}.rank{r}.pt", weights_only=False) for r in range(WORLD)]
-            for c in cases}
+            for c in cases if all((tmp / f"{c['name']}.rank{r}.pt").exists() for r in range(WORLD))}
 
 
 # ------------------------------------------------------------------------------------ the plan
