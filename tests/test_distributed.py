@@ -200,7 +200,9 @@ def run_case(spec: dict, case: dict, world: int, rank: int, out: Path) -> dict:
                 "global_step": trainer.global_step, "rank": trainer.global_rank,
                 "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
     weights = None if world > 1 else {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return {"steps": rec.steps, "global_step": trainer.global_step, "weights": weights, "export": str(export)}
+    ref = module._ref[0] if kind == "grpo" else None  # the separate reference: its elements on this rank
+    return {"steps": rec.steps, "global_step": trainer.global_step, "weights": weights, "export": str(export),
+            "ref_numel": None if ref is None else sum(p.numel() for p in ref.parameters())}
 
 
 def prompt_batch(spec: dict, indices: list[int]) -> dict:
@@ -382,6 +384,10 @@ def test_two_ranks_train_as_one(strategy_name, kind, config, one_rank, equivalen
     assert max((ref["weights"][k] - v).abs().max().item() for k, v in start.items()) > 1e-4  # the runs moved
     assert_same_weights(ref["weights"], ranks[0]["export"])
     assert_same_metrics(ref["steps"], ranks)
+    if kind == "grpo":  # the reference: a whole copy per rank under DDP, a shard of it under FSDP
+        whole = ref["ref_numel"]
+        got = [r["ref_numel"] for r in ranks]
+        assert got == [whole] * WORLD if strategy_name == "ddp" else (sum(got) == whole and max(got) < whole), got
     if kind == "grpo":  # the metrics a wrong world-size factor would show
         for key in ("train/is_weight_mean", "train/kl", "train/loss", "rollout/completion_len_mean"):
             assert key in ref["steps"][0]["metrics"], key
