@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 GB = 1e9
-MODES = {"full": [], "lora": ["model.lora.r=8"], "qlora": ["model.lora.r=8", "model.quantization=nf4"]}
+MODES = {"full": [], "full_gc": ["model.gradient_checkpointing=true"], "lora": ["model.lora.r=8"],
+         "qlora": ["model.lora.r=8", "model.quantization=nf4"]}
 SIZES = ("tiny", "small")
 KINDS = ("sft", "grpo")
 MAX_STEPS = 6  # the probe stops the fit once it has measured a step
@@ -277,8 +278,8 @@ def per_parameter(runs: list[dict]) -> dict:
         values = list(values)
         return sum(values) / len(values) if values else float("nan")
 
-    full = [r for r in runs if r["mode"] == "full"]
-    adapters = [r for r in runs if r["mode"] != "full"]
+    full = [r for r in runs if r["mode"].startswith("full")]
+    adapters = [r for r in runs if not r["mode"].startswith("full")]
     quant = [r for r in runs if r["mode"] == "qlora" and r["quantized_params"]]
     return {
         "weights_fp32": mean(r["weights"] / r["params"] for r in full),
@@ -290,11 +291,11 @@ def per_parameter(runs: list[dict]) -> dict:
     }
 
 
-def activation_fit(runs: list[dict]) -> tuple[float, float]:
+def activation_fit(runs: list[dict], mode: str = "full") -> tuple[float, float]:
     """(a, b) of activation bytes per token = a·hidden·layers + b·vocab, least squares over the
-    full fine-tuning runs (two sizes: two unknowns)."""
+    runs of `mode` (full: without, full_gc: with gradient checkpointing; two sizes: two unknowns)."""
     rows = [(r["hidden"] * r["layers"], r["vocab"], breakdown(r)["activations"] / r["tokens"])
-            for r in runs if r["mode"] == "full" and r["tokens"]]
+            for r in runs if r["mode"] == mode and r["tokens"]]
     sxx = sum(x * x for x, _, _ in rows)
     sxy = sum(x * v for x, v, _ in rows)
     syy = sum(v * v for _, v, _ in rows)
@@ -410,11 +411,16 @@ def table(runs: list[dict]) -> str:
 
 def report(runs: list[dict]) -> str:
     bpp = per_parameter(runs)
-    act = activation_fit(runs)
     lines = [table(runs), "", "bytes per parameter (fp32 training):"]
     lines += [f"  {k} = {v:.3f}" for k, v in bpp.items()]
-    lines.append(f"activation bytes per token = {act[0]:.2f}·hidden·layers + {act[1]:.2f}·vocab (fp32)")
-    lines += ["", "Llama-3.1-8B GRPO, per GPU:"]
+    for mode in ("full", "full_gc"):
+        a, b = activation_fit(runs, mode)
+        lines.append(f"activation bytes per token ({mode}) = {a:.2f}·hidden·layers + {b:.2f}·vocab (fp32)")
+    # the 8B recipes checkpoint activations (model.gradient_checkpointing: true)
+    act = activation_fit(runs, "full_gc")
+    if not all(map(math.isfinite, act)):
+        act = activation_fit(runs, "full")
+    lines += ["", "Llama-3.1-8B GRPO, per GPU (sampler=vllm colocated, gradient checkpointing):"]
     for row in plan_8b(bpp, act, SETUPS_8B):
         lines.append(f"  {row['name']}: {row['total_gb']:.1f} GB of {row['gpu_gb']:g} → "
                      f"{'fits' if row['fits'] else 'does not fit'}")

@@ -105,27 +105,26 @@ def _merged_in_place(model) -> Iterator[tuple[str, torch.Tensor]]:
 def save_policy(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
     """The policy's current weights (LoRA merged, 4-bit dequantized) + tokenizer as a plain HF dir.
 
-    A plain model saves itself. Otherwise the merged tensors are written as one safetensors file
-    beside the base's config without its quantization_config: transformers' `save_pretrained` of a
-    quantized model writes its packed 4-bit state whatever `state_dict` it is given.
+    The tensors are written as one safetensors file beside the base's config (without its
+    quantization_config: merged weights are full precision), by us rather than `save_pretrained`:
+    transformers' `save_pretrained` of a quantized model writes its packed 4-bit state whatever
+    `state_dict` it is given, and under torch.distributed it writes nothing on ranks other than 0,
+    whereas each rank's vLLM engine loads its own dump.
     """
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = base_model(model)
-    if base is model:
-        base.save_pretrained(out_dir)
-    else:
-        from safetensors.torch import save_file
-
-        save_file(_unshared(hf_weights(model)), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-        base.config.save_pretrained(out_dir)
-        cfg_path = out_dir / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        if cfg.pop("quantization_config", None) is not None:  # merged weights are full precision
-            cfg["dtype"] = policy_dtype(model)
-        cfg_path.write_text(json.dumps(cfg, indent=2))
-        if getattr(base, "generation_config", None) is not None:
-            base.generation_config.save_pretrained(out_dir)
+    save_file(_unshared(hf_weights(model)), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    base.config.save_pretrained(out_dir)
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.pop("quantization_config", None) is not None:
+        cfg["dtype"] = policy_dtype(model)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    if getattr(base, "generation_config", None) is not None:
+        base.generation_config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
