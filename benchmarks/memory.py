@@ -360,14 +360,17 @@ def plan_8b(bpp: dict, act: tuple[float, float], setups: list[Setup], shape: dic
         if s.mode == "full":
             wb = 4.0 if s.master_fp32 else 2.0
             state = total * (wb + bpp["gradient_per_trainable"] + bpp["adamw_per_trainable"]) / shard / GB
-            label = (f"weights {wb:g} + grads {bpp['gradient_per_trainable']:g} + AdamW "
-                     f"{bpp['adamw_per_trainable']:g} B × {total / 1e9:.2f}B params" + (f" / {shard}" if shard > 1 else ""))
+            label = (f"weights {wb:g} + grads {bpp['gradient_per_trainable']:.0f} + AdamW "
+                     f"{bpp['adamw_per_trainable']:.0f} B × {total / 1e9:.2f}B params" + (f" / {shard}" if shard > 1 else ""))
             if s.cpu_offload:
                 terms.append((f"{label}: in host memory (cpu_offload)", 0.0))
                 terms.append(("one FSDP unit gathered (bf16 decoder layer)", counts["linear"] / shape["layers"] * 2 / GB))
             else:
                 terms.append((label, state))
-            terms.append(("reference, bf16" + (f" / {shard}" if shard > 1 else ""), total * 2 / shard / GB))
+            if s.cpu_offload:  # sharded like the policy, with its settings: offloaded too
+                terms.append(("reference, bf16: in host memory (cpu_offload)", 0.0))
+            else:
+                terms.append(("reference, bf16" + (f" / {shard}" if shard > 1 else ""), total * 2 / shard / GB))
         else:
             n_lora = lora_params(shape, lora_r)
             if s.mode == "lora":
@@ -376,7 +379,7 @@ def plan_8b(bpp: dict, act: tuple[float, float], setups: list[Setup], shape: dic
                 terms.append((f"base NF4 {bpp['nf4_linear']:.3f} B × {linear / 1e9:.2f}B linear + bf16 2 B × "
                               f"{other / 1e9:.2f}B other", (linear * bpp["nf4_linear"] + other * 2) / GB))
             per = 4.0 + bpp["gradient_per_trainable"] + bpp["adamw_per_trainable"]
-            terms.append((f"LoRA r={lora_r}: {per:g} B × {n_lora / 1e6:.0f}M", n_lora * per / GB))
+            terms.append((f"LoRA r={lora_r}: {per:.0f} B × {n_lora / 1e6:.0f}M", n_lora * per / GB))
             terms.append(("reference: the base, adapters off", 0.0))
         terms.append((f"activations, {tokens_per_micro_batch} tokens a micro-batch", act_gb))
         terms.append((f"vLLM engine: bf16 weights + {engine_kv_gb:g} GB KV", engine_gb))
