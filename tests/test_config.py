@@ -87,7 +87,8 @@ def overrides_for(group: str, option: str) -> tuple[str, list[str]]:
     root = root_for(group)
     if group == "experiment":
         return root, [f"+experiment={option}"]
-    choice = f"{group}={option}" if group in root_groups(root) else f"+{group}={option}"
+    # Hydra's own groups (hydra/launcher, ...) always have a default to override
+    choice = f"{group}={option}" if group in root_groups(root) or group.startswith("hydra/") else f"+{group}={option}"
     if root != "train":
         return root, [choice]
     return root, [f"+experiment={base_experiment(group, option)}", choice]

@@ -1,7 +1,7 @@
 """SLURM (issue 16): Lightning's SLURM environment gives each srun task its rank under the shipped
-`trainer=ddp` / `trainer=fsdp`, and `hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml, on the
-submitit plugin's `submitit_slurm`) shapes the job from the trainer settings. Nothing is submitted:
-no cluster here. The file's content is checked without the plugin; composing it needs the plugin
+`trainer=ddp` / `trainer=fsdp`, and `hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml: the
+submitit plugin's `submitit_slurm` settings) shapes the job from the trainer settings. Nothing is
+submitted: no cluster here. It composes without the plugin; building its launcher needs the plugin
 (`pip install -e .[slurm]`)."""
 from __future__ import annotations
 
@@ -34,27 +34,30 @@ def test_lightning_detects_slurm_and_takes_the_ranks_from_it(strategy, compose_t
     assert 10000 <= env.main_port < 20000  # derived from the job id: the same on every task
 
 
-def test_slurm_launcher_file_shapes_the_job_from_the_trainer():
-    """Without the plugin: the file builds on the plugin's `submitit_slurm` and takes nodes,
-    tasks and GPUs per node from the trainer settings."""
-    cfg = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm.yaml")
-    assert list(cfg.defaults) == ["submitit_slurm", "_self_"]
-    fields = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "defaults"}
-    assert fields["nodes"] == "${trainer.num_nodes}"
-    assert fields["tasks_per_node"] == fields["gpus_per_node"] == "${trainer.devices}"
-    # every field is one the plugin's SlurmQueueConf has (as of hydra-submitit-launcher 1.2)
-    known = {"submitit_folder", "timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",
-             "nodes", "name", "stderr_to_stdout", "partition", "qos", "comment", "constraint", "exclude", "gres",
-             "cpus_per_gpu", "gpus_per_task", "mem_per_gpu", "mem_per_cpu", "account", "signal_delay_s",
-             "max_num_timeout", "additional_parameters", "array_parallelism", "setup", "srun_args"}
-    assert set(fields) <= known, set(fields) - known
-
-
-def test_slurm_launcher_composes_with_the_plugin(compose_train):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e .[slurm]")
+def test_slurm_launcher_shapes_the_job_from_the_trainer(compose_train):
+    """Composed without the plugin: nodes, tasks and GPUs per node come from the trainer settings,
+    and every field is one of the plugin's SlurmQueueConf (hydra-submitit-launcher 1.2)."""
     cfg = compose_train("+experiment=grpo", "trainer=fsdp", "trainer.devices=8", "trainer.num_nodes=2",
                         "hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
     assert launcher.partition == "gpu" and launcher.max_num_timeout == 0
+    plugin_fields = {"submitit_folder", "timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",
+                     "nodes", "name", "stderr_to_stdout", "partition", "qos", "comment", "constraint", "exclude",
+                     "gres", "cpus_per_gpu", "gpus_per_task", "mem_per_gpu", "mem_per_cpu", "account",
+                     "signal_delay_s", "max_num_timeout", "additional_parameters", "array_parallelism", "setup"}
+    assert set(launcher) - {"_target_"} == plugin_fields
+
+
+def test_slurm_launcher_is_the_plugins(compose_train):
+    """With the plugin: the file has exactly its SlurmQueueConf fields, and its launcher builds."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e .[slurm]")
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+
+    cfg = compose_train("+experiment=grpo", "trainer=ddp", "trainer.num_nodes=2", "hydra/launcher=slurm",
+                        return_hydra_config=True)
+    assert set(cfg.hydra.launcher) == set(OmegaConf.structured(SlurmQueueConf))
+    launcher = instantiate(cfg.hydra.launcher)
+    assert type(launcher).__name__ == "SlurmLauncher" and launcher.params["nodes"] == 2
