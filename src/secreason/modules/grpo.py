@@ -226,16 +226,14 @@ class GRPOModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under FSDP the policy is wrapped here, as the FSDP root (trainer.strategy's settings and
-        auto-wrap units). Each micro-batch is then a forward and backward of that root, which FSDP
-        finalises (gradients resharded, states reset) after each backward; were the whole module the
-        root, every micro-batch would run inside one root forward (training_step) and nothing would.
-        A separate reference is sharded the same way (never a full copy per rank)."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.fsdp.wrap import wrap
+        auto-wrap units), and so is a separate reference (never a whole copy per rank). Each micro-batch
+        is then a forward and backward of that root, which FSDP finalises (gradients resharded, states
+        reset) after each backward; were the whole module the root, every micro-batch would run inside
+        one root forward (training_step) and nothing would."""
+        from secreason.strategies import fsdp_wrapped
 
-        if self._sharded():  # outside the strategy's wrap context `wrap` returns its module unchanged
-            shard = lambda m: m if isinstance(m, FullyShardedDataParallel) else wrap(m)  # noqa: E731
-            self.model, self._ref = shard(self.model), [shard(m) for m in self._ref]
+        if self._sharded():
+            self.model, self._ref = fsdp_wrapped(self.model), [fsdp_wrapped(m) for m in self._ref]
 
     def _logprobs(self, model: torch.nn.Module, r: Rollout, with_entropy: bool = False):
         # Under FSDP every rank must call the policy (and the sharded reference) as often as the others
