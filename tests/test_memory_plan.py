@@ -12,14 +12,15 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import memory  # noqa: E402
+import memory_plan as plan  # noqa: E402
 
 
 def test_llama_31_8b_parameter_counts():
-    counts = memory.llama_params(memory.LLAMA31_8B)
+    counts = plan.llama_params(plan.LLAMA31_8B)
     assert counts["total"] == 8_030_261_248  # Llama-3.1-8B's published count
     assert counts["other"] == 2 * 128256 * 4096 + 32 * 2 * 4096 + 4096  # embeddings, lm_head, norms
     # r × (in + out) over q, k, v, o, gate, up, down: 16 × 81,920 a layer
-    assert memory.lora_params(memory.LLAMA31_8B, 16) == 32 * 16 * 81_920
+    assert plan.lora_params(plan.LLAMA31_8B, 16) == 32 * 16 * 81_920
 
 
 def test_live_bytes_counts_new_storages_while_alive_not_views():
@@ -44,7 +45,7 @@ RUN = {"weights": 400, "reference": 400, "optimizer": 800, "gradients": 400, "pa
 
 
 def test_breakdown_by_hand():
-    b = memory.breakdown(RUN)
+    b = plan.breakdown(RUN)
     assert b["activations"] == 800  # 900 live in the forward/backward, 100 of it gradients
     assert b["sampler"] == 150
     assert b["peak"] == 400 + 400 + 800 + 900  # persistent + the largest live transient
@@ -57,7 +58,7 @@ def test_activation_fit_recovers_a_known_law():
         return {**RUN, "mode": "full", "hidden": hidden, "layers": layers, "vocab": vocab, "tokens": tokens,
                 "peaks": {"forward": [act + 7, 7]}}
 
-    a, b = memory.activation_fit([run(128, 2, 512, 10), run(512, 8, 512, 20), {**run(64, 1, 512, 5), "mode": "lora"}])
+    a, b = plan.activation_fit([run(128, 2, 512, 10), run(512, 8, 512, 20), {**run(64, 1, 512, 5), "mode": "lora"}])
     assert a == pytest.approx(3) and b == pytest.approx(5)
 
 
@@ -67,18 +68,18 @@ BPP = {"gradient_per_trainable": 4.0, "adamw_per_trainable": 8.0, "nf4_linear": 
 def test_plan_8b_by_hand():
     """A toy shape of 1e9 + 1e8 parameters, activations 1 GB, engine 2·params + 1 GB."""
     shape = dict(hidden=1000, intermediate=1000, layers=1, heads=1, kv_heads=1, head_dim=1000, vocab=0, tied=True)
-    counts = memory.llama_params(shape)  # linear: 4e6 + 3e6 = 7e6; other: 2 norms + final = 3000
+    counts = plan.llama_params(shape)  # linear: 4e6 + 3e6 = 7e6; other: 2 norms + final = 3000
     assert counts == {"linear": 7_000_000, "other": 3_000, "total": 7_003_000}
-    setups = [memory.Setup("full", 1, 1.0, "full"), memory.Setup("fsdp", 8, 1.0, "full"),
-              memory.Setup("qlora", 1, 1.0, "qlora")]
+    setups = [plan.Setup("full", 1, 1.0, "full"), plan.Setup("fsdp", 8, 1.0, "full"),
+              plan.Setup("qlora", 1, 1.0, "qlora")]
     act = (1e9 / (1000 * 1 * 1000) * 2, 0.0)  # × 1000 tokens × bf16 factor ½ → 1 GB
-    rows = memory.plan_8b(BPP, act, setups, shape=shape, tokens_per_micro_batch=1000, lora_r=1, engine_kv_gb=1.0)
+    rows = plan.plan_8b(BPP, act, setups, shape=shape, tokens_per_micro_batch=1000, lora_r=1, engine_kv_gb=1.0)
     total, gb = counts["total"], 1e9
     engine = total * 2 / gb + 1.0
     full, fsdp, qlora = rows
     assert full["total_gb"] == pytest.approx(total * 16 / gb + total * 2 / gb + 1.0 + engine)
     assert fsdp["total_gb"] == pytest.approx(total * 16 / 8 / gb + total * 2 / 8 / gb + 1.0 + engine)
-    n_lora = memory.lora_params(shape, 1)
+    n_lora = plan.lora_params(shape, 1)
     assert qlora["total_gb"] == pytest.approx((7e6 * 0.5 + 3000 * 2) / gb + n_lora * 16 / gb + 1.0 + engine)
     assert [r["fits"] for r in rows] == [False, False, False]  # 3 GB and more on a 1 GB device
     assert any("/ 8" in line for line in fsdp["lines"])  # the sums are shown
@@ -87,7 +88,7 @@ def test_plan_8b_by_hand():
 def test_the_readme_plan_is_what_the_script_prints():
     """README's 8B table is plan_8b's output for the measured bytes (the rows and their verdicts)."""
     readme = (REPO / "README.md").read_text()
-    for setup in memory.SETUPS_8B:
+    for setup in plan.SETUPS_8B:
         assert setup.name in readme, setup.name
 
 
