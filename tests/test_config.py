@@ -87,7 +87,8 @@ def overrides_for(group: str, option: str) -> tuple[str, list[str]]:
     root = root_for(group)
     if group == "experiment":
         return root, [f"+experiment={option}"]
-    choice = f"{group}={option}" if group in root_groups(root) else f"+{group}={option}"
+    # Hydra's own groups (hydra/launcher, ...) always have a default to override
+    choice = f"{group}={option}" if group in root_groups(root) or group.startswith("hydra/") else f"+{group}={option}"
     if root != "train":
         return root, [choice]
     return root, [f"+experiment={base_experiment(group, option)}", choice]
@@ -351,13 +352,13 @@ def test_command_line_algorithm_beats_experiment_override(composed):
 
 
 def test_sft_foundation_sec_8b_experiment(composed, tiny_model_dir, mini_data):
-    """The report's SFT (§3.1): 3 epochs, cosine, peak lr 2e-5, on Foundation-Sec-8B, bf16, the report mix."""
+    """The report's SFT (§3.1): 3 epochs, cosine, peak lr 2e-5, on Foundation-Sec-8B, bf16-mixed on fp32 weights, the report mix."""
     from secreason.data.sft import REPORT_MIX
 
     cfg = composed("train", ["+experiment=sft_foundation_sec_8b"])
     ch = cfg.hydra.runtime.choices
     assert (ch["model"], ch["trainer"], ch["data"], ch["algorithm"]) == ("foundation_sec_8b", "gpu", "jsonl", "sft")
-    assert cfg.model.path == "fdtn-ai/Foundation-Sec-8B" and cfg.model.dtype == "bfloat16"
+    assert cfg.model.path == "fdtn-ai/Foundation-Sec-8B" and cfg.model.dtype == "float32"  # fp32 master weights
     assert cfg.trainer.max_epochs == 3 and cfg.trainer.max_steps == -1
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
     assert cfg.algorithm.optim.lr == 2e-5 and cfg.algorithm.scheduler.name == "cosine"

@@ -200,7 +200,9 @@ def run_case(spec: dict, case: dict, world: int, rank: int, out: Path) -> dict:
                 "global_step": trainer.global_step, "rank": trainer.global_rank,
                 "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
     weights = None if world > 1 else {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return {"steps": rec.steps, "global_step": trainer.global_step, "weights": weights, "export": str(export)}
+    ref = module._ref[0] if kind == "grpo" else None  # the separate reference: its elements on this rank
+    return {"steps": rec.steps, "global_step": trainer.global_step, "weights": weights, "export": str(export),
+            "ref_numel": None if ref is None else sum(p.numel() for p in ref.parameters())}
 
 
 def prompt_batch(spec: dict, indices: list[int]) -> dict:
@@ -230,9 +232,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(spec: dict, cases: list[dict], tmp: Path) -> dict[str, list[dict]]:
-    """Run `cases` on WORLD processes; {case name: [rank 0's result, rank 1's, ...]}. A launch that
-    does not finish within LAUNCH_TIMEOUT_S is killed (both process groups) and fails the test."""
+def launch(spec: dict, cases: list[dict], tmp: Path, script: str = __file__,
+           killed: bool = False) -> dict[str, list[dict]]:
+    """Run `cases` on WORLD processes of `script` (its `worker`); {case name: [rank 0's result,
+    rank 1's, ...]} for the cases every rank finished. A launch that does not finish within
+    LAUNCH_TIMEOUT_S is killed (both process groups) and fails the test; with `killed` the ranks
+    must end by SIGKILL (a run that kills itself), otherwise with exit code 0."""
     tmp.mkdir(parents=True, exist_ok=True)
     spec_path = tmp / "spec.pt"
     torch.save({**spec, "cases": cases}, spec_path)
@@ -241,13 +246,13 @@ def launch(spec: dict, cases: list[dict], tmp: Path) -> dict[str, list[dict]]:
     procs = []
     for rank in range(WORLD):
         log = open(tmp / f"rank{rank}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, __file__, str(spec_path), str(tmp)], cwd=REPO,
+        procs.append((subprocess.Popen([sys.executable, script, str(spec_path), str(tmp)], cwd=REPO,
                                        env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     try:
         while any(p.poll() is None for p, _ in procs) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p, _ in procs):
+            if any(p.poll() not in (None, 0, -signal.SIGKILL if killed else 0) for p, _ in procs):
                 break  # one rank failed: the other would wait for it until the deadline
             time.sleep(0.5)
     finally:
@@ -260,10 +265,12 @@ def launch(spec: dict, cases: list[dict], tmp: Path) -> dict[str, list[dict]]:
     tails = "\n".join(f"--- rank {r}\n" + (tmp / f"rank{r}.log").read_text()[-12000:] for r in range(WORLD))
     if hung and all(p.returncode in (0, -signal.SIGKILL) for p, _ in procs):
         pytest.fail(f"{WORLD}-rank launch did not finish in {LAUNCH_TIMEOUT_S} s (a hang)\n{tails}")
-    if any(p.returncode != 0 for p, _ in procs):
-        pytest.fail(f"{WORLD}-rank launch failed (exit codes {[p.returncode for p, _ in procs]})\n{tails}")
+    expected = -signal.SIGKILL if killed else 0
+    if any(p.returncode != expected for p, _ in procs):
+        pytest.fail(f"{WORLD}-rank launch failed (exit codes {[p.returncode for p, _ in procs]}, expected "
+                    f"{expected})\n{tails}")
     return {c["name"]: [torch.load(tmp / f"{c['name']}.rank{r}.pt", weights_only=False) for r in range(WORLD)]
-            for c in cases}
+            for c in cases if all((tmp / f"{c['name']}.rank{r}.pt").exists() for r in range(WORLD))}
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -377,6 +384,10 @@ def test_two_ranks_train_as_one(strategy_name, kind, config, one_rank, equivalen
     assert max((ref["weights"][k] - v).abs().max().item() for k, v in start.items()) > 1e-4  # the runs moved
     assert_same_weights(ref["weights"], ranks[0]["export"])
     assert_same_metrics(ref["steps"], ranks)
+    if kind == "grpo":  # the reference: a whole copy per rank under DDP, a shard of it under FSDP
+        whole = ref["ref_numel"]
+        got = [r["ref_numel"] for r in ranks]
+        assert got == [whole] * WORLD if strategy_name == "ddp" else (sum(got) == whole and max(got) < whole), got
     if kind == "grpo":  # the metrics a wrong world-size factor would show
         for key in ("train/is_weight_mean", "train/kl", "train/loss", "rollout/completion_len_mean"):
             assert key in ref["steps"][0]["metrics"], key

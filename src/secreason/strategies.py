@@ -31,6 +31,16 @@ def _full_state_dict_context_in_place(module: Module, world_size: int, rank0_onl
         FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
 
 
+def fsdp_wrapped(module: Module) -> Module:
+    """`module` as an FSDP unit with the running strategy's settings (inside its
+    `model_sharded_context`, where `LightningModule.configure_model` runs); unchanged when it
+    already is one or outside that context."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import wrap
+
+    return module if isinstance(module, FullyShardedDataParallel) else wrap(module)
+
+
 class FSDPStrategy(_LightningFSDP):
     """Lightning's FSDPStrategy, also on `accelerator=cpu`."""
 

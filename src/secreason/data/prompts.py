@@ -99,6 +99,6 @@ class PromptDataModule(ResumableDataModule):
         return self.load(self.test_split)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = self.make_sampler(len(self.train_items))
+        sampler = self.make_sampler(len(self.train_items), drop_last=True)
         return DataLoader(self.train_items, batch_size=self.batch_size, sampler=sampler,
                           collate_fn=collate_prompts, drop_last=True)

@@ -26,6 +26,14 @@ Lightning ends one of its epochs early or late, the next iteration still continu
 where training stopped. The checkpoint holds the same position as `{epoch, batches_done}` (the
 epoch of the last trained batch and how many of its batches are done), which a datamodule used
 without a trainer resumes from.
+
+On N ranks (DDP, FSDP) the sampler is a `DistributedSampler`, so Lightning uses it as it is
+instead of wrapping it in its `DistributedSamplerWrapper` (which reshuffles, sizes the shards from
+the full length and knows nothing of the position). Each rank takes every `world`-th index of the
+epoch's order from its rank on, as `DistributedSampler` does (padded by repeating the start, or cut
+to a multiple of `world` with `drop_last`): the ranks' shards are disjoint, and global batch b of
+an epoch is the contiguous stretch [b·B·world, (b+1)·B·world) of the order. All ranks train the
+same number of batches, so each resumes by skipping `batches_done · B` of its own shard.
 """
 from __future__ import annotations
 
@@ -35,21 +43,30 @@ from typing import Any, Callable, Iterator, Mapping
 
 import lightning as L
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 log = logging.getLogger(__name__)
 
 Position = tuple[int, int]  # (epoch, batches of it already trained)
 
 
-class ResumableSampler(Sampler[int]):
-    """Epoch e's order is `order(e)`. `position`, when given and returning a value, says where
-    each iteration starts (a fit: see the module docstring); otherwise the epoch is the one last
-    given to `set_epoch`, minus the batches a pending `resume` skips."""
+class ResumableSampler(DistributedSampler):
+    """Epoch e's order is `order(e)`; this rank's part of it is `shard(e)`. `position`, when given
+    and returning a value, says where each iteration starts (a fit: see the module docstring);
+    otherwise the epoch is the one last given to `set_epoch`, minus the batches a pending `resume`
+    skips."""
 
     def __init__(self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 position: Callable[[], Position | None] | None = None) -> None:
+                 position: Callable[[], Position | None] | None = None, num_replicas: int = 1, rank: int = 0,
+                 drop_last: bool = False) -> None:
+        # DistributedSampler's fields, set here: its __init__ wants a dataset and, without
+        # num_replicas, a process group.
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.num_items, self.batch_size, self.seed, self.shuffle = num_items, batch_size, seed, shuffle
+        self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
+        self.num_samples = num_items // num_replicas if drop_last else math.ceil(num_items / num_replicas)
+        self.total_size = self.num_samples * num_replicas
         self.position = position
         self.epoch = 0
         self._skip_batches: dict[int, int] = {}
@@ -67,6 +84,14 @@ class ResumableSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return torch.randperm(self.num_items, generator=g).tolist()
 
+    def shard(self, epoch: int) -> list[int]:
+        """This rank's indices of epoch `epoch`, in order (all of `order(epoch)` on one rank)."""
+        order = self.order(epoch)
+        if self.num_replicas == 1:
+            return order
+        order = (order * math.ceil(self.total_size / max(len(order), 1)))[:self.total_size]
+        return order[self.rank::self.num_replicas]
+
     def __iter__(self) -> Iterator[int]:
         start = self.position() if self.position is not None else None
         if start is None:
@@ -74,10 +99,10 @@ class ResumableSampler(Sampler[int]):
         else:
             (epoch, done), self._skip_batches = start, {}
             self.epoch = epoch
-        return iter(self.order(epoch)[done * self.batch_size:])
+        return iter(self.shard(epoch)[done * self.batch_size:])
 
     def __len__(self) -> int:
-        return self.num_items
+        return self.num_samples
 
 
 def batches_per_epoch(trainer) -> int | None:
@@ -147,8 +172,12 @@ class ResumableDataModule(L.LightningDataModule):
 
         return str(ensure_synth(**self.synth))
 
-    def make_sampler(self, num_items: int) -> ResumableSampler:
-        sampler = ResumableSampler(num_items, self.batch_size, seed=self.seed, position=self._stream_position)
+    def make_sampler(self, num_items: int, drop_last: bool = False) -> ResumableSampler:
+        """`drop_last` as the loader's: a rank's part is then cut, never padded with repeats."""
+        ranks = getattr(self.trainer, "distributed_sampler_kwargs", None) or {}  # {num_replicas, rank} on N ranks
+        sampler = ResumableSampler(num_items, self.batch_size, seed=self.seed, position=self._stream_position,
+                                   num_replicas=ranks.get("num_replicas", 1), rank=ranks.get("rank", 0),
+                                   drop_last=drop_last)
         if self._resume:
             sampler.resume(**self._resume)
             self._restored, self._resume = self._resume, None

@@ -226,19 +226,19 @@ class GRPOModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under FSDP the policy is wrapped here, as the FSDP root (trainer.strategy's settings and
-        auto-wrap units). Each micro-batch is then a forward and backward of that root, which FSDP
-        finalises (gradients resharded, states reset) after each backward; were the whole module the
-        root, every micro-batch would run inside one root forward (training_step) and nothing would."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.fsdp.wrap import wrap
+        auto-wrap units), and so is a separate reference (never a whole copy per rank). Each micro-batch
+        is then a forward and backward of that root, which FSDP finalises (gradients resharded, states
+        reset) after each backward; were the whole module the root, every micro-batch would run inside
+        one root forward (training_step) and nothing would."""
+        from secreason.strategies import fsdp_wrapped
 
-        if self._sharded() and not isinstance(self.model, FullyShardedDataParallel):
-            self.model = wrap(self.model)  # outside the strategy's wrap context this returns it unchanged
+        if self._sharded():
+            self.model, self._ref = fsdp_wrapped(self.model), [fsdp_wrapped(m) for m in self._ref]
 
     def _logprobs(self, model: torch.nn.Module, r: Rollout, with_entropy: bool = False):
-        # Under FSDP every rank must call the policy as often as the others (each call gathers its
-        # parameters); a shared prompt makes that 1 or 2 calls depending on the rows, so it is off there.
-        share = self.share_prompts and not (model is self.model and self._sharded())
+        # Under FSDP every rank must call the policy (and the sharded reference) as often as the others
+        # (each call gathers parameters); a shared prompt makes that 1 or 2 calls, so it is off there.
+        share = self.share_prompts and not self._sharded()
         return completion_logprobs(model, *self._tensors(r), self.temperature, with_entropy=with_entropy,
                                    share_prompts=share)
 

@@ -77,6 +77,22 @@ _PROBE_NEW_TOKENS = 4
 _DUMP_SUFFIX = ".vllm-weights"  # the engine's weight dump: own_temp_path(<dir>/policy, _DUMP_SUFFIX)
 
 
+def per_rank_executor() -> dict[str, Any]:
+    """`vllm.LLM` arguments for one engine per rank under torch.distributed (DDP, FSDP): vLLM's
+    `external_launcher` executor, as TRL and verl colocate it, with tensor parallelism 1. Each
+    rank's engine generates its own prompts; vLLM joins the trainer's process group (it reads RANK,
+    set here from torch.distributed, and LOCAL_RANK, the device it runs on: Lightning's or torchrun's
+    variable, else the current CUDA device). One process: no arguments (vLLM's in-process executor)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {}
+    os.environ["RANK"] = str(dist.get_rank())
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1}
+
+
 def weights_dump_parent(weights_dir: str | os.PathLike | None = None) -> Path:
     """Where the policy is written for the engine to load: `weights_dir`, else the run dir of the
     running Hydra app (train.py, eval.py), else the system temp dir."""
@@ -163,6 +179,7 @@ class VLLMGenerator(Generator):
         self.timings: dict[str, float] = {}
         self._sleeping = False
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._in_trainer_group = False
         self.trainer_dtype: str | None = None  # the callback sets it from trainer.precision; None outside a Trainer
 
     # -- engine life cycle -----------------------------------------------------------------------
@@ -196,6 +213,9 @@ class VLLMGenerator(Generator):
             kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
         if self.enable_sleep_mode and not self.on_cpu:
             kwargs["enable_sleep_mode"] = True
+        per_rank = per_rank_executor()
+        self._in_trainer_group = bool(per_rank)  # vLLM joined the trainer's process group
+        kwargs.update(per_rank)
         kwargs.update(self.engine_kwargs)
         t0 = time.perf_counter()
         parent = weights_dump_parent(self.weights_dir)
@@ -223,17 +243,39 @@ class VLLMGenerator(Generator):
         if self.llm is None:
             return
         llm, self.llm = self.llm, None
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), self._keeping_trainer_group():
             llm.llm_engine.engine_core.shutdown()
         del llm
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-        with contextlib.suppress(Exception):
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        with contextlib.suppress(Exception), self._keeping_trainer_group():
+            from vllm.distributed import parallel_state
 
-            cleanup_dist_env_and_memory()
+            parallel_state.cleanup_dist_env_and_memory()
         gc.collect()
+
+    @contextlib.contextmanager
+    def _keeping_trainer_group(self) -> Iterator[None]:
+        """vLLM's cleanup (`cleanup_dist_env_and_memory`, which vllm 0.32's in-process
+        `EngineCore.shutdown` calls: vllm/v1/engine/core.py:839) destroys torch.distributed's default
+        process group. An engine in the trainer's group (`per_rank_executor`) must leave it to the
+        trainer, which still needs it (export, eval, barriers): there only vLLM's own groups go."""
+        if not self._in_trainer_group:
+            yield
+            return
+        from vllm.distributed import parallel_state
+        from vllm.v1.engine import core
+
+        def own_groups_only(*args: Any, **kwargs: Any) -> None:
+            parallel_state.destroy_model_parallel()
+
+        saved = core.cleanup_dist_env_and_memory, parallel_state.cleanup_dist_env_and_memory
+        core.cleanup_dist_env_and_memory = parallel_state.cleanup_dist_env_and_memory = own_groups_only
+        try:
+            yield
+        finally:
+            core.cleanup_dist_env_and_memory, parallel_state.cleanup_dist_env_and_memory = saved
 
     # -- sleep / wake (GPU only) -----------------------------------------------------------------
     def _sleep(self) -> None:

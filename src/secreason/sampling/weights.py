@@ -41,6 +41,11 @@ def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     base is dequantized); modules_to_save yield their trained copy. DoRA and other non-LoRA tuners
     fall back to merge in place → read → unmerge.
     """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        yield from _fsdp_unit_weights(model)
+        return
     if not hasattr(model, "peft_config"):
         for name, tensor in model.state_dict().items():
             yield name, tensor.detach()
@@ -76,6 +81,34 @@ def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         yield ".".join(parts[:i] + parts[i + 1:]), w.detach()
 
 
+def _fsdp_unit_weights(root: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The whole weights of an FSDP-wrapped plain policy, one FSDP unit at a time (the model's shell:
+    embeddings, norm, head; then each decoder layer): each unit's own parameters are gathered,
+    copied out and resharded before the next unit is gathered, so a rank holds one unit beyond its
+    shards, never a second whole model. Collective: every rank iterates it to the end, in step."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    wrapped = "_fsdp_wrapped_module."
+    if hasattr(root.module, "peft_config"):
+        from secreason.errors import ConfigError
+
+        raise ConfigError("sampler=vllm with LoRA under trainer=fsdp is not supported: use trainer=ddp for LoRA")
+    for prefix, unit in root.named_modules():
+        if not isinstance(unit, FSDP):
+            continue
+        nested = {id(p) for inner in FSDP.fsdp_modules(unit) if inner is not unit for p in inner.parameters()}
+        with FSDP.summon_full_params(unit, recurse=False, writeback=False):
+            # Tied weights under each name, as a state dict has them (vLLM's reload wants lm_head too).
+            for name, param in unit.named_parameters(remove_duplicate=False):
+                if id(param) not in nested:  # this unit's own: gathered now
+                    full = f"{prefix}.{name}" if prefix else name
+                    yield full.replace(wrapped, ""), param.detach().clone()
+    for prefix, module in root.named_modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set:  # checkpoint buffers only (not rotary tables)
+                yield f"{prefix}.{name}".lstrip(".").replace(wrapped, ""), buffer.detach()
+
+
 def _dequantized(tensor: torch.Tensor) -> torch.Tensor:
     if getattr(tensor, "quant_state", None) is None:
         return tensor
@@ -105,27 +138,26 @@ def _merged_in_place(model) -> Iterator[tuple[str, torch.Tensor]]:
 def save_policy(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
     """The policy's current weights (LoRA merged, 4-bit dequantized) + tokenizer as a plain HF dir.
 
-    A plain model saves itself. Otherwise the merged tensors are written as one safetensors file
-    beside the base's config without its quantization_config: transformers' `save_pretrained` of a
-    quantized model writes its packed 4-bit state whatever `state_dict` it is given.
+    The tensors are written as one safetensors file beside the base's config (without its
+    quantization_config: merged weights are full precision), by us rather than `save_pretrained`:
+    transformers' `save_pretrained` of a quantized model writes its packed 4-bit state whatever
+    `state_dict` it is given, and under torch.distributed it writes nothing on ranks other than 0,
+    whereas each rank's vLLM engine loads its own dump.
     """
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = base_model(model)
-    if base is model:
-        base.save_pretrained(out_dir)
-    else:
-        from safetensors.torch import save_file
-
-        save_file(_unshared(hf_weights(model)), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-        base.config.save_pretrained(out_dir)
-        cfg_path = out_dir / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        if cfg.pop("quantization_config", None) is not None:  # merged weights are full precision
-            cfg["dtype"] = policy_dtype(model)
-        cfg_path.write_text(json.dumps(cfg, indent=2))
-        if getattr(base, "generation_config", None) is not None:
-            base.generation_config.save_pretrained(out_dir)
+    save_file(_unshared(hf_weights(model)), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    base.config.save_pretrained(out_dir)
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.pop("quantization_config", None) is not None:
+        cfg["dtype"] = policy_dtype(model)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    if getattr(base, "generation_config", None) is not None:
+        base.generation_config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
