@@ -50,7 +50,6 @@ def test_packed_logits_equal_each_example_alone(tiny_model_dir, attn):
     rows = pack(examples, max_length=20)
     assert [len(r["input_ids"]) for r in rows] == [19, 14]  # 7+12 | 5+9: both rows hold two examples
     batch = collate(rows, pad_id=0)
-    assert "attention_mask" not in batch
     module = SFTModule(model, None, optim={"name": "adamw", "lr": 1e-3}, scheduler={"name": "constant"})
     model.eval()
     with torch.no_grad():
@@ -60,6 +59,7 @@ def test_packed_logits_equal_each_example_alone(tiny_model_dir, attn):
             alone = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0]
             got = packed[row, start:start + len(ex["input_ids"])]
             torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+    assert "attention_mask" not in batch
 
 
 def test_packed_loss_is_the_examples_token_mean(tiny_model_dir):
