@@ -11,6 +11,8 @@ from secreason.models import load_causal_lm
 from secreason.modules.grpo import GRPOModule
 from secreason.modules.logprobs import completion_logprobs
 from secreason.packing import supports_padding_free
+from test_grpo import (FakeRewards, FixedSampler, datamodule, fixed_rollout, make_module, perturbed,  # noqa: F401
+                       rl_file, trainer, weights)
 from test_logprobs import TokenCounter, batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,6 +69,28 @@ def test_without_packed_attention_it_falls_back(tiny_model_dir, monkeypatch):
         got = completion_logprobs(model, *tensors, padding_free=True)[0]
     assert counter.tokens == tensors[0].numel() + tensors[2].numel()  # the padded [N, P + T] forward
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def _one_sgd_step(model_dir, tokenizer, rl_file, rollout, **how) -> dict[str, torch.Tensor]:
+    model = load_causal_lm(str(model_dir))
+    before = weights(model)
+    module = make_module(model, tokenizer, FakeRewards(totals=[1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.25, 1.0]),
+                         ref=perturbed(model), micro_batch_size=3, kl={"beta": 0.05, "estimator": "k3"},
+                         optim={"name": "sgd", "lr": 1.0}, max_grad_norm=None, **how)
+    tr = trainer(callbacks=[FixedSampler(rollout)], max_steps=1)
+    tr.fit(module, datamodule=datamodule(tokenizer, rl_file))
+    assert tr.global_step == 1
+    return {k: model.state_dict()[k] - v for k, v in before.items()}
+
+
+def test_grpo_step_is_the_same_padding_free(tiny_model_dir, tokenizer, rl_file, fixed_rollout):
+    """A GRPO step (policy, reference and KL, micro-batches of 3 that split groups) with
+    algorithm.padding_free=true makes the padded step's SGD update (lr 1: the update is the gradient)."""
+    padded = _one_sgd_step(tiny_model_dir, tokenizer, rl_file, fixed_rollout, share_prompts=True)
+    packed = _one_sgd_step(tiny_model_dir, tokenizer, rl_file, fixed_rollout, padding_free=True)
+    assert max(v.abs().max().item() for v in padded.values()) > 1e-4
+    for k in padded:
+        torch.testing.assert_close(packed[k], padded[k], atol=1e-5, rtol=0, msg=k)
 
 
 def test_padding_free_setting_is_checked():
