@@ -79,8 +79,10 @@ def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> tuple[list[di
 def pack(examples: list[dict], max_length: int) -> list[dict]:
     """Greedy first-fit packing into sequences of at most `max_length` tokens.
 
-    position_ids restart at every example, which flash-attention-2 uses to keep examples from
-    attending to each other; with sdpa/eager attention they do attend across the boundary.
+    position_ids restart at every example; `collate` then passes no attention_mask, so transformers
+    keeps the examples apart (block-diagonal causal attention under sdpa/eager, varlen under
+    flash-attention; see secreason.packing). Each example's first label is IGNORE_INDEX, so the last
+    token of one example is not trained to predict the next example's first token.
     """
     packed: list[dict] = []
     cur = {"input_ids": [], "labels": [], "position_ids": []}
@@ -89,7 +91,7 @@ def pack(examples: list[dict], max_length: int) -> list[dict]:
             packed.append(cur)
             cur = {"input_ids": [], "labels": [], "position_ids": []}
         cur["input_ids"] += ex["input_ids"]
-        cur["labels"] += ex["labels"]
+        cur["labels"] += [IGNORE_INDEX] + ex["labels"][1:]  # position 0 is never a target unpacked either
         cur["position_ids"] += list(range(len(ex["input_ids"])))
     if cur["input_ids"]:
         packed.append(cur)
@@ -97,20 +99,29 @@ def pack(examples: list[dict], max_length: int) -> list[dict]:
 
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence of the batch."""
+    """Right-pad to the longest sequence of the batch; `num_tokens` [B] counts each row's real tokens.
+
+    Packed rows (with `position_ids`) get no attention_mask: with one, transformers would not split
+    them into their examples (secreason.packing). Right padding needs none under causal attention
+    (no real token sees a later one); its positions restart so it forms a segment of its own.
+    """
     width = max(len(b["input_ids"]) for b in batch)
+    packed = "position_ids" in batch[0]
     out = {"input_ids": torch.full((len(batch), width), pad_id, dtype=torch.long),
            "labels": torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long),
-           "attention_mask": torch.zeros((len(batch), width), dtype=torch.long)}
-    if "position_ids" in batch[0]:
+           "num_tokens": torch.tensor([len(b["input_ids"]) for b in batch])}
+    if packed:
         out["position_ids"] = torch.zeros((len(batch), width), dtype=torch.long)
+    else:
+        out["attention_mask"] = torch.zeros((len(batch), width), dtype=torch.long)
     for i, b in enumerate(batch):
         n = len(b["input_ids"])
         out["input_ids"][i, :n] = torch.tensor(b["input_ids"])
         out["labels"][i, :n] = torch.tensor(b["labels"])
-        out["attention_mask"][i, :n] = 1
-        if "position_ids" in out:
-            out["position_ids"][i, :n] = torch.tensor(b["position_ids"])
+        if packed:
+            out["position_ids"][i] = torch.tensor(b["position_ids"] + list(range(width - n)))
+        else:
+            out["attention_mask"][i, :n] = 1
     return out
 
 

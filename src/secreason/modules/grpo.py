@@ -149,7 +149,7 @@ class GRPOModule(L.LightningModule):
             number(s[name], named(name))
         for name in ("is_cap", "max_grad_norm"):
             number(s[name], named(name), nullable=True)
-        for name in ("filter_zero_std_groups", "share_prompts"):
+        for name in ("filter_zero_std_groups", "share_prompts", "padding_free"):
             if not isinstance(s[name], bool):
                 raise ConfigError(f"{named(name)}={s[name]!r}: must be true or false")
         kl = dict(s["kl"] or {})
@@ -186,7 +186,8 @@ class GRPOModule(L.LightningModule):
                  overlong: Mapping[str, Any] | None = None, filter_zero_std_groups: bool = False,
                  max_completion_length: int = 64, temperature: float = 1.0, max_grad_norm: float | None = 1.0,
                  optim: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
-                 think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True) -> None:
+                 think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True,
+                 padding_free: bool = False) -> None:
         super().__init__()
         checked = self.check_settings(**{k: v for k, v in locals().items() if k != "self"})
         self.automatic_optimization = not self.STEPS_OPTIMIZER_BY_HAND
@@ -209,8 +210,7 @@ class GRPOModule(L.LightningModule):
         self.old_logprobs = old_logprobs
         self.filter_zero_std = filter_zero_std_groups
         self.max_len, self.temperature, self.max_grad_norm = max_completion_length, temperature, max_grad_norm
-        self.think_tags = tuple(think_tags)
-        self.share_prompts = share_prompts
+        self.think_tags, self.share_prompts, self.padding_free = tuple(think_tags), share_prompts, padding_free
 
     # -- the policy under LoRA doubles as the reference (adapters off): no second copy --------------
     def reference_logprobs(self, r: Rollout) -> torch.Tensor:
@@ -240,7 +240,7 @@ class GRPOModule(L.LightningModule):
         # (each call gathers parameters); a shared prompt makes that 1 or 2 calls, so it is off there.
         share = self.share_prompts and not self._sharded()
         return completion_logprobs(model, *self._tensors(r), self.temperature, with_entropy=with_entropy,
-                                   share_prompts=share)
+                                   share_prompts=share, padding_free=self.padding_free)
 
     def _sharded(self) -> bool:
         """True under FSDP: the policy's parameters are sharded over ranks."""

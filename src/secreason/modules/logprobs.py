@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from secreason.packing import flatten_rows, supports_padding_free
+
 
 def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                         completion_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0,
-                        with_entropy: bool = False, share_prompts: bool = False
+                        with_entropy: bool = False, share_prompts: bool = False, padding_free: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(completion token | prefix) for every completion position.
 
@@ -20,10 +22,17 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt
     completions. Same values and gradients, (n − 1)/n fewer prompt-token FLOPs. Falls back to one
     forward over [prompt, completion] when no prompt repeats or the cache is unusable (gradient
     checkpointing turns it off in training).
+
+    padding_free: the rows' real tokens run as one packed varlen row (secreason.packing): no FLOPs
+    on padding, same values and gradients. It takes the place of share_prompts (a shared prompt
+    would need a tree mask that position ids cannot express); a model whose attention cannot split
+    packed rows falls back to the paths above.
     """
     p, t = prompt_ids.shape[1], completion_ids.shape[1]
     logits = None
-    if share_prompts and not (model.training and getattr(model, "is_gradient_checkpointing", False)):
+    if padding_free and supports_padding_free(model):
+        logits = _packed_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    elif share_prompts and not (model.training and getattr(model, "is_gradient_checkpointing", False)):
         logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     if logits is None:
         input_ids = torch.cat([prompt_ids, completion_ids], 1)
@@ -63,6 +72,27 @@ def _shared_prompt_logits(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
                  past_key_values=cache, use_cache=True).logits
     # The prompt's last position predicts completion token 0; completion position j predicts j + 1.
     return torch.cat([first.logits[:, -1:].index_select(0, row_prompt), rest[:, :-1]], 1)
+
+
+def _packed_logits(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Logits [N, T, V] predicting each completion token (0 on padding) from one padding-free forward
+    of every row's [prompt, completion] real tokens, end to end."""
+    ids, mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
+    flat, positions = flatten_rows(ids, mask)
+    # A row's real tokens are contiguous (left-padded prompt, right-padded completion), so completion
+    # token j is predicted by the real token just before it in the packed row.
+    where = (mask.flatten().cumsum(0) - 1).view_as(mask)[:, prompt_ids.shape[1]:]
+    real = completion_mask.bool()
+    predictors = where[real] - 1
+    supports = getattr(model, "_supports_logits_to_keep", None)
+    keep = {"logits_to_keep": predictors} if supports is not None and supports() else {}
+    logits = model(input_ids=flat, position_ids=positions, use_cache=False, **keep).logits[0]
+    if not keep:
+        logits = logits.index_select(0, predictors)
+    out = logits.new_zeros(*completion_ids.shape, logits.shape[-1])
+    out[real] = logits
+    return out
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

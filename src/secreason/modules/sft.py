@@ -41,13 +41,15 @@ class SFTModule(L.LightningModule):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        return self.model(**kwargs).logits
+        # use_cache=False: with a cache (the default, even in training) transformers does not split
+        # packed rows at their position-id restarts, and packed examples attend to each other.
+        return self.model(**kwargs, use_cache=False).logits
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, n_tokens = assistant_token_loss(self(batch), batch["labels"])
         now = time.perf_counter()
         bs = batch["input_ids"].size(0)
-        tokens = float(batch["attention_mask"].sum())
+        tokens = float(batch["num_tokens"].sum())
         logged_loss = loss.detach()
         if self.trainer.world_size > 1:
             loss, logged_loss, n_tokens, tokens = self._global_token_mean(loss, n_tokens, tokens)
