@@ -38,13 +38,11 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from secreason.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGG, OVERLONG_MODES, StepNorm, clipped_surrogate
-from secreason.algos import overlong_adjust, truncated_is_weights, zero_std_groups
-from secreason.errors import ConfigError
+from secreason.algos import StepNorm, overlong_adjust, truncated_is_weights, zero_std_groups
 from secreason.modules.logprobs import completion_logprobs
+from secreason.modules.grpo_settings import OLD_LOGPROBS, check_settings  # noqa: F401 (OLD_LOGPROBS: API)
 from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
 from secreason.modules.rollout_stats import rollout_metrics
-from secreason.optim import optimizer_factory, scheduler_factory
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 from secreason.rollout import Rollout
 
@@ -102,14 +100,6 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> float:
     return torch.where(mask != 0, v, torch.zeros_like(v)).sum().item()
 
 
-OLD_LOGPROBS = ("recompute", "sampler")
-
-
-def _require(ok: bool, key: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: {rule}")
-
-
 class GRPOModule(L.LightningModule):
     """Built by Hydra from `conf/algorithm/grpo.yaml` (`algorithm.module`), like SFTModule: each
     argument there is an interpolation of the config key that error messages name. Every value is
@@ -120,63 +110,12 @@ class GRPOModule(L.LightningModule):
     @classmethod
     def check_settings(cls, **given: Any) -> dict[str, Any]:
         """Check the settings of `__init__` (defaults for those not given; others ignored) and resolve
-        the names through their registries. `secreason.run` calls it before the model is loaded, so a
-        bad value fails at once; `__init__` calls it too. Raises ConfigError naming the key."""
+        the names through their registries (`grpo_settings.check_settings`). `secreason.run` calls it
+        before the model is loaded, so a bad value fails at once; `__init__` calls it too."""
         params = inspect.signature(cls.__init__).parameters
         s = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
         s.update({k: v for k, v in given.items() if k in s})
-        # Types first, naming the key (`algorithm.num_generations='abc': must be an integer`), so no
-        # comparison below fails on a string. Values are kept as given (`__init__` stores them), so
-        # a count must already be an int; an eps or cap may be any real number.
-        import math
-
-        where = {"max_completion_length": "sampler.max_tokens", "temperature": "sampler.temperature"}
-
-        def named(name: str) -> str:
-            return where.get(name, f"algorithm.{name}")
-
-        def number(value: Any, name: str, integer: bool = False, nullable: bool = False) -> None:
-            if value is None and nullable:
-                return
-            ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
-            if isinstance(value, bool) or not ok:
-                kind = "an integer" if integer else "a finite number"
-                raise ConfigError(f"{name}={value!r}: must be {kind}{' or null' if nullable else ''}")
-
-        for name in ("num_generations", "updates_per_batch", "micro_batch_size", "max_completion_length"):
-            number(s[name], named(name), integer=True)
-        for name in ("clip_eps_low", "clip_eps_high", "temperature"):
-            number(s[name], named(name))
-        for name in ("is_cap", "max_grad_norm"):
-            number(s[name], named(name), nullable=True)
-        for name in ("filter_zero_std_groups", "share_prompts"):
-            if not isinstance(s[name], bool):
-                raise ConfigError(f"{named(name)}={s[name]!r}: must be true or false")
-        kl = dict(s["kl"] or {})
-        number(kl.get("beta", 0.02), "algorithm.kl.beta")
-        overlong = dict(s["overlong"] or {"mode": "none"})
-        number(overlong.get("buffer", 0), "algorithm.overlong.buffer", integer=True)
-        number(overlong.get("penalty", 1.0), "algorithm.overlong.penalty")
-        advantage = dict(s["advantage"] or {"name": "group_norm"})
-        number(advantage.get("eps", 1e-6), "advantage.eps")
-        _require(s["num_generations"] >= 2, "algorithm.num_generations", s["num_generations"],
-                 "must be ≥ 2 (advantages are relative to the group)")
-        for key in ("updates_per_batch", "micro_batch_size"):
-            _require(s[key] >= 1, f"algorithm.{key}", s[key], "must be ≥ 1")
-        _require(0 <= s["clip_eps_low"] < 1, "algorithm.clip_eps_low", s["clip_eps_low"], "must be in [0, 1)")
-        _require(s["clip_eps_high"] >= 0, "algorithm.clip_eps_high", s["clip_eps_high"], "must be ≥ 0")
-        _require(s["is_cap"] is None or s["is_cap"] > 0, "algorithm.is_cap", s["is_cap"], "must be > 0 or null")
-        _require(s["old_logprobs"] in OLD_LOGPROBS, "algorithm.old_logprobs", s["old_logprobs"],
-                 f"choose one of: {', '.join(OLD_LOGPROBS)}")
-        beta = float(kl.get("beta", 0.02))
-        _require(beta >= 0, "algorithm.kl.beta", beta, "must be ≥ 0")
-        OVERLONG_MODES.get(overlong.get("mode", "none"))  # an unknown mode fails now, not at step 1
-        return {"beta": beta, "kl_fn": KL_ESTIMATORS.get(kl.get("estimator", "k3")), "overlong": overlong,
-                "loss_agg": LOSS_AGG.get(s["loss_agg"]), "advantage_fn": ADVANTAGES.get(advantage["name"]),
-                "adv_eps": float(advantage.get("eps", 1e-6)),
-                # checked now, built in configure_optimizers
-                "make_optimizer": optimizer_factory(**(s["optim"] or {})),
-                "make_scheduler": scheduler_factory(**(s["scheduler"] or {}))}
+        return check_settings(s)
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, reward_set: Any,
                  ref_model: torch.nn.Module | None = None, num_generations: int = 5, updates_per_batch: int = 1,
@@ -186,7 +125,9 @@ class GRPOModule(L.LightningModule):
                  overlong: Mapping[str, Any] | None = None, filter_zero_std_groups: bool = False,
                  max_completion_length: int = 64, temperature: float = 1.0, max_grad_norm: float | None = 1.0,
                  optim: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
-                 think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True) -> None:
+                 think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True,
+                 policy_loss: Mapping[str, Any] | None = None, dynamic_sampling: Mapping[str, Any] | None = None,
+                 async_rollouts: int = 0) -> None:
         super().__init__()
         checked = self.check_settings(**{k: v for k, v in locals().items() if k != "self"})
         self.automatic_optimization = not self.STEPS_OPTIMIZER_BY_HAND
@@ -194,6 +135,9 @@ class GRPOModule(L.LightningModule):
         self.overlong, self.loss_agg = checked["overlong"], checked["loss_agg"]
         self.advantage_fn, self.adv_eps = checked["advantage_fn"], checked["adv_eps"]
         self.make_optimizer, self.make_scheduler = checked["make_optimizer"], checked["make_scheduler"]
+        self.policy_loss = checked["policy_loss"]  # the policy_loss group's fn, its clip range bound
+        # Read by the sampler callback (callbacks/sampler.py), which draws and generates the rollouts.
+        self.refill_max_rounds, self.async_rollouts = checked["max_rounds"], async_rollouts
 
         self.model, self.tokenizer, self.reward_set = model, tokenizer, reward_set
         if ref_model is None and self.beta > 0 and not hasattr(model, "disable_adapter"):
@@ -403,8 +347,7 @@ class GRPOModule(L.LightningModule):
             old_lp = logp.detach() if old_lp is None else old_lp
             sampler_lp = part.sampler_logprobs.to(self.device)
             is_w = truncated_is_weights(old_lp, sampler_lp, self.is_cap)
-            per_token, st = clipped_surrogate(logp, old_lp, advantages[m].to(self.device), self.clip_low,
-                                              self.clip_high, is_w)
+            per_token, st = self.policy_loss(logp, old_lp, advantages[m].to(self.device), mb_mask, is_weights=is_w)
             kl = self.kl_fn(logp, ref_lp) if ref_lp is not None else torch.zeros_like(logp)
             loss = self.loss_agg(per_token + self.beta * kl, mb_mask, norm)
             # DDP and FSDP average gradients over ranks; the shares already divide by the global count.
