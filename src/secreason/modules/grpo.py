@@ -18,8 +18,11 @@ format penalty inside the reward. Deviations and choices it does not state:
 - KL estimator: configurable, default k3 (unstated in the report).
 - Clip ε, batch size, completion length, temperature: unstated; config values.
 - The format penalty is a separate reward component, logged apart (the report folds it in).
-- `filter_zero_std_groups` drops zero-variance groups from the loss instead of resampling more
-  prompts, so the effective batch shrinks; `rollout/zero_std_frac` is always logged.
+- `filter_zero_std_groups` drops zero-variance groups from the loss, so the effective batch
+  shrinks; `dynamic_sampling.max_rounds` > 0 instead refills the batch with extra prompts before
+  it gets here (secreason.refill, done by the sampler callback); `rollout/zero_std_frac` is always logged.
+- `policy_loss` (clipped | gspo | cispo, secreason.algos.policy_loss) is the per-token policy term.
+- `async_rollouts=1`: the batch was generated one step ahead (callbacks/async_rollouts.py).
 - Old logprobs: with μ = 1 the ratio is exactly 1 on the forward pass (old = current, detached),
   so no extra forward is spent; with μ > 1 they are recomputed once before the updates
   (`old_logprobs=recompute`) or taken from the sampler (`old_logprobs=sampler`).
@@ -44,6 +47,7 @@ from secreason.modules.grpo_settings import OLD_LOGPROBS, check_settings  # noqa
 from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
 from secreason.modules.rollout_stats import rollout_metrics
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
+from secreason.refill import score_rollout
 from secreason.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -202,9 +206,7 @@ class GRPOModule(L.LightningModule):
 
     def _scored(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
         """`score`, plus how many values each subset-mean metric averages (for the mean over ranks)."""
-        expanded = [row for row in rows for _ in range(self.num_generations)]
-        ids = [row[mask.bool()].tolist() for row, mask in zip(rollout.completion_ids, rollout.completion_mask)]
-        result = self.reward_set(rollout.texts, expanded, completion_ids=ids)  # ids: for TRL-style rewards
+        result = score_rollout(self.reward_set, rollout, rows, self.num_generations)
         counts = {f"train/reward/{name}": float(sum(v is not None for v in values))
                   for name, values in getattr(result, "per_reward", {}).items()}
         counts["train/reward/std"] = float(len(rows))  # a mean over groups
