@@ -62,6 +62,7 @@ class SamplerCallback(L.Callback, Generator):
                 batch["rollout"] = self._rollout_ahead(trainer, pl_module, batch)
             else:
                 batch["rollout"] = self.generate(batch["prompt_ids"], pl_module.num_generations)
+                pl_module.log("rollout/staleness", 0.0, batch_size=len(batch["prompt_ids"]))
             if getattr(pl_module, "refill_max_rounds", 0):
                 self._refill(trainer, pl_module, batch)
         # The slowest rank's time: the step waits for it (every rank logs it, so the max is collective).
