@@ -55,10 +55,15 @@ class RolloutAhead:
         self.wait()
         self.index, self.prompt_ids, self.made_at_step = index, prompt_ids, step
         self._result, self._error = None, None
-        threads = torch.get_num_threads()
+        # The cores are split while the job runs: generation and training each at full width would
+        # oversubscribe them (OpenMP workers spinning against each other). A new thread's OpenMP team
+        # would otherwise take every core; `wait` gives the training thread its count back.
+        self._threads = threads = torch.get_num_threads()
+        job_threads = max(1, threads // 2)
+        torch.set_num_threads(max(1, threads - job_threads))
 
         def run() -> None:
-            torch.set_num_threads(threads)  # a new thread's OpenMP team would take every core
+            torch.set_num_threads(job_threads)
             t0 = time.perf_counter()
             try:
                 self._result = generate(prompt_ids)
@@ -74,6 +79,7 @@ class RolloutAhead:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            torch.set_num_threads(self._threads)
         if self._error is not None:
             error, self._error, self.index = self._error, None, None
             raise error
