@@ -131,3 +131,22 @@ def test_bad_settings_name_the_key(given, line):
     with pytest.raises(ConfigError) as e:
         GRPOModule.check_settings(**given)
     assert str(e.value).startswith(line)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_train_py_with_vllm_runs_one_step_ahead(run_train):
+    """`train.py sampler=vllm algorithm.async_rollouts=1`: the engine generates the next batch in the
+    job thread while the step trains; the sync after the step waits for it, and its probe check
+    still holds (the engine got exactly the policy's weights)."""
+    import csv
+
+    proc = run_train("+experiment=grpo", "sampler=vllm", "algorithm.async_rollouts=1", "algorithm.is_cap=2.0",
+                     "trainer.max_steps=4", "data.batch_size=4", "algorithm.num_generations=2", "sampler.max_tokens=16",
+                     "logger=csv", "trainer.enable_progress_bar=false", "num_threads=1",
+                     env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in csv.DictReader(open(proc.run_dir / "csv" / "metrics.csv")) if r.get("rollout/staleness")]
+    assert [float(r["rollout/staleness"]) for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    assert all(float(r["rollout/sync_check_diff"]) < 1e-3 for r in rows)
+    assert all(float(r["rollout/ahead_generate_s"]) > 0 for r in rows[1:])
