@@ -23,6 +23,7 @@ GRPO does not (no dropout), and the equivalence test checks the result bit for b
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 from dataclasses import asdict
@@ -31,6 +32,8 @@ from typing import Any, Callable
 import torch
 
 from secreason.rollout import Rollout
+
+log = logging.getLogger(__name__)
 
 
 class RolloutAhead:
@@ -89,6 +92,9 @@ class RolloutAhead:
         prompts; None otherwise (the job, if any, is dropped)."""
         self.wait()
         match = self.index == index and self.prompt_ids == list(prompt_ids) and self._result is not None
+        if self.index is not None and not match:
+            log.warning("async_rollouts: the rollout generated ahead was for other prompts than batch %d's "
+                        "(a data order this sampler cannot foresee); generating in line", index)
         result = (self._result, self.made_at_step) if match else None
         self.index, self.prompt_ids, self._result = None, None, None
         return result

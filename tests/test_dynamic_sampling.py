@@ -227,3 +227,22 @@ def _child(spec: dict) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))  # test_grpo's helpers
     _child(json.loads(sys.argv[1]))
+
+
+@pytest.mark.parametrize("attr,key", [("refill_max_rounds", "algorithm.dynamic_sampling.max_rounds"),
+                                      ("async_rollouts", "algorithm.async_rollouts")])
+def test_refill_and_async_are_refused_under_fsdp(attr, key):
+    """FSDP ranks generate in lockstep (each forward gathers parameters): a rank refilling alone would hang."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from secreason.callbacks.sampler import SamplerCallback
+    from secreason.errors import ConfigError
+
+    trainer = SimpleNamespace(global_rank=0, datamodule=None, strategy=FSDPStrategy())
+    module = SimpleNamespace(model=None, tokenizer=None, refill_max_rounds=0, async_rollouts=0)
+    SamplerCallback().setup(trainer, module, "fit")  # neither: fine
+    setattr(module, attr, 1)
+    with pytest.raises(ConfigError, match=f"^{key}=1: not supported under trainer=fsdp"):
+        SamplerCallback().setup(trainer, module, "fit")
