@@ -3,9 +3,9 @@
 One `train.py` run of ours (the grpo_bench shapes: 8 prompts × 4 completions, forced to the full
 length) switches `async_rollouts` in blocks of steps, sync block, async block, … (a per-step A/B would
 never overlap: a job runs for the *next* step). The first step of each async block generates in line
-(no job was started for it) and is left out, as is the first sync step after an async block (it
-waits for nothing, but its predecessor's job ran against its training). Prints the median wall
-seconds per step of each mode and the gain.
+(no job was started for it) and is left out, as is the first sync step after an async block (its
+predecessor's job ran against it). Each sync block is compared with the async block right after it
+(about the same load from other jobs): `async_gain` is the median over those pairs of sync/async.
 
     python benchmarks/async_rollouts.py --model small --max-tokens 64 --sampler hf --blocks 2 --block 3
 
@@ -87,17 +87,22 @@ def main() -> None:
     rec = json.loads(records.read_text())
     starts, modes = rec["starts"], rec["modes"]
     per_step = [b - a for a, b in zip(starts, starts[1:])]
-    timed = {0: [], 1: []}
-    for i, (mode, s) in enumerate(zip(modes, per_step)):
-        if i == 0 or modes[i - 1] != mode:
-            continue  # warm-up; an async block's first step (in line); a sync step after a job ran
-        timed[mode].append(s)
-    sync, asyn = statistics.median(timed[0]), statistics.median(timed[1])
+    # Per block pair (a sync block, then an async block: adjacent, so under about the same load):
+    # the median step of each, without the warm-up step, an async block's first step (in line) and a
+    # sync step right after an async one (the job of the step before ran against it).
+    pairs = []
+    for k in range(args.blocks):
+        first = 1 + 2 * k * args.block
+        sync_block = per_step[first + (1 if k else 0): first + args.block]
+        async_block = per_step[first + args.block + 1: first + 2 * args.block]
+        pairs.append((statistics.median(sync_block), statistics.median(async_block)))
     print(f"model={args.model} sampler={args.sampler} precision={args.precision} max_tokens={args.max_tokens} "
           f"steps={steps} wall={time.perf_counter() - t0:.0f}s")
     print("per-step s:", " ".join(f"{'A' if m else 'S'}{s:.2f}" for m, s in zip(modes, per_step)))
-    print(f"async_gain={sync / asyn:.2f} sync_s_per_step={sync:.2f} async_s_per_step={asyn:.2f} "
-          f"(medians of {len(timed[0])} / {len(timed[1])} steps)")
+    print("block pairs (sync s/step, async s/step):", " ".join(f"({a:.2f}, {b:.2f})" for a, b in pairs))
+    gains = [a / b for a, b in pairs]
+    print(f"async_gain={statistics.median(gains):.2f} (median over {len(pairs)} block pairs of sync/async; "
+          f"each pair: {' '.join(f'{g:.2f}' for g in gains)})")
 
 
 if __name__ == "__main__":
