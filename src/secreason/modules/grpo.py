@@ -43,7 +43,7 @@ import torch
 
 from secreason.algos import StepNorm, overlong_adjust, truncated_is_weights, zero_std_groups
 from secreason.modules.logprobs import completion_logprobs
-from secreason.modules.grpo_settings import OLD_LOGPROBS, check_settings  # noqa: F401 (OLD_LOGPROBS: API)
+from secreason.modules.grpo_settings import check_settings
 from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
 from secreason.modules.rollout_stats import rollout_metrics
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
