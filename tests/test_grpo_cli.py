@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 LOSS_AGG = ["sample_mean", "token_mean", "seq_sum", "seq_sum_norm"]
 FORMAT_PENALTY = ["none", "require_think", "think_quality"]
 ADVANTAGE = ["group_norm", "group_mean", "rloo"]
+POLICY_LOSS = ["clipped", "gspo", "cispo"]
 # The tasks the quick SFT below partly learns: GRPO needs groups with mixed rewards to move at all
 # (a random-init model scores 0 everywhere, so every group has zero variance and nothing changes).
 TASKS = "data.synth.tasks=[math,mcqa]"
@@ -106,6 +107,30 @@ def test_every_combination_runs_in_one_multirun_and_moves_the_policy(run_train, 
             for key in ("train/loss", "train/kl", "train/reward/total", "rollout/zero_std_frac"):
                 assert math.isfinite(float(r[key])), (job.name, key)
     assert combos == set(itertools.product(LOSS_AGG, FORMAT_PENALTY, ADVANTAGE))
+
+
+def test_every_policy_loss_runs_in_one_multirun_and_moves_the_policy(run_train, sft_model, tmp_path):
+    """Issue 20, Must-show 1: the multirun above with policy_loss as a swept group, over
+    policy_loss × loss_agg × advantage (36 jobs; tests/test_policy_loss.py checks the full 108-job list)."""
+    sweep = tmp_path / "sweep"
+    proc = run_train(
+        "-m", "+experiment=grpo", "trainer.max_steps=2", f"model.path={sft_model}",
+        f"policy_loss={','.join(POLICY_LOSS)}", f"loss_agg={','.join(LOSS_AGG)}", f"advantage={','.join(ADVANTAGE)}",
+        "format_penalty=none", "logger=csv", "data.batch_size=8", "algorithm.num_generations=4",
+        "sampler.max_tokens=24", TASKS, f"hydra.sweep.dir={sweep}", *QUIET)
+    ok(proc)
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()]
+    assert len(jobs) == 36
+    start = load_file(sft_model / "model.safetensors")
+    combos = set()
+    for job in jobs:
+        chosen = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        combos.add((chosen["policy_loss"], chosen["loss_agg"], chosen["advantage"]))
+        weights = load_file(job / "hf_model" / "model.safetensors")
+        assert max((weights[k] - start[k]).abs().max().item() for k in start) > 0, (job.name, chosen)
+        rows = [r for r in csv.DictReader(open(job / "csv" / "metrics.csv")) if r.get("train/loss")]
+        assert len(rows) == 2 and all(math.isfinite(float(r["train/loss"])) for r in rows), job.name
+    assert combos == set(itertools.product(POLICY_LOSS, LOSS_AGG, ADVANTAGE))
 
 
 # ------------------------------------------------------------------------------------ issue 15, Must-show 5

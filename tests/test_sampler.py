@@ -201,7 +201,8 @@ def test_sampler_state_dict_round_trip():
     s = SamplerCallback(seed=7)
     s.calls, s.last_sync_step = 3, 5
     state = s.state_dict()
-    assert state == {"calls": 3, "seed": 7, "last_sync_step": 5}
+    assert state == {"calls": 3, "seed": 7, "last_sync_step": 5, "extra_prompts": {"drawn": 0, "seed": 0},
+                     "rollout_ahead": None}  # refill's prompt stream, async_rollouts' finished job
     t = SamplerCallback(seed=0)
     t.load_state_dict(state)
     assert (t.calls, t.seed, t.last_sync_step) == (3, 7, 5)

@@ -52,6 +52,15 @@ def run_variant(script: str, spec: dict, log_path: Path, timeout: int, quiet_idl
     return out
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (the worker runs one system, vLLM's engine in process):
+    getrusage's ru_maxrss, which Linux gives in KiB (macOS in bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def worker(spec: dict) -> None:
     """One run (ours or TRL), its per-step phases written to spec["result"] as JSON."""
     import logging
@@ -69,5 +78,6 @@ def worker(spec: dict) -> None:
         from . import ours
 
         out = ours.run(spec)
-    out["meta"].update(wall_s=time.perf_counter() - t0, load_start=load0, load_end=os.getloadavg())
+    out["meta"].update(wall_s=time.perf_counter() - t0, load_start=load0, load_end=os.getloadavg(),
+                       peak_rss_bytes=peak_rss_bytes())
     Path(spec["result"]).write_text(json.dumps(out))

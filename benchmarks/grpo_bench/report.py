@@ -36,6 +36,8 @@ def summarize(runs: list[dict], warmup: int) -> dict:
     out["run_medians"] = [statistics.median([st["total"] for st in r["steps"][warmup:]]) for r in runs
                           if r["steps"][warmup:]]
     out["best_run"] = min(out["run_medians"]) if out["run_medians"] else None
+    peaks = [r["meta"]["peak_rss_bytes"] for r in runs if "peak_rss_bytes" in r.get("meta", {})]
+    out["peak_rss_gib"] = max(peaks) / 2 ** 30 if peaks else None  # the worst run's peak
     return out
 
 
@@ -72,17 +74,19 @@ def _not_run(name: str, r: dict, empty_cells: int) -> str:
 def table(results: list[tuple[str, dict]]) -> list[str]:
     """One row per system: its median step, best run, mean, the phases' medians, and the step fields."""
     lines = ["| system | step: median (s) | best run's median | mean | generate | reward | ref/old logprobs "
-             "| fwd+bwd | optim | sync | other | per-run medians | tokens/step | others' CPU | logprob diff |",
-             "|" + "---|" * 15]
+             "| fwd+bwd | optim | sync | other | per-run medians | tokens/step | others' CPU | logprob diff "
+             "| peak RSS (GiB) |",
+             "|" + "---|" * 16]
     for name, r in results:
         if "summary" not in r:
-            lines.append(_not_run(name, r, 13))
+            lines.append(_not_run(name, r, 14))
             continue
         s = r["summary"]
         diff = f"{s['logprob_diff_mean']:.1e}" if "logprob_diff_mean" in s else "—"
         runs = " / ".join(f"{x:.2f}" for x in s["run_medians"])
+        rss = "—" if s.get("peak_rss_gib") is None else f"{s['peak_rss_gib']:.2f}"
         lines.append(f"| {name} | **{fmt(s['total'])}** | {s['best_run']:.2f} | {fmt(s['total'], 'mean')} | "
-                     f"{_phase_cells(s)} | {runs} | {s.get('tokens', 0):.0f} | {_others(s)} | {diff} |")
+                     f"{_phase_cells(s)} | {runs} | {s.get('tokens', 0):.0f} | {_others(s)} | {diff} | {rss} |")
     return lines
 
 

@@ -178,10 +178,21 @@ class ResumableDataModule(L.LightningDataModule):
         sampler = ResumableSampler(num_items, self.batch_size, seed=self.seed, position=self._stream_position,
                                    num_replicas=ranks.get("num_replicas", 1), rank=ranks.get("rank", 0),
                                    drop_last=drop_last)
+        self.sampler = sampler  # for `stream_batch`
         if self._resume:
             sampler.resume(**self._resume)
             self._restored, self._resume = self._resume, None
         return sampler
+
+    def stream_batch(self, k: int) -> list[int] | None:
+        """Item indices of batch `k` of the stream (counted as `batches_trained`), for a sampler that
+        generates a batch ahead (callbacks/async_rollouts.py); None before the loader is made or
+        when the epoch length is unknown."""
+        sampler, n = getattr(self, "sampler", None), batches_per_epoch(self.trainer) if self.trainer else None
+        if sampler is None or n is None:
+            return None
+        epoch, i = divmod(k, n)
+        return sampler.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
 
     def _stream_position(self) -> Position | None:
         trainer = self.trainer
@@ -207,3 +218,44 @@ class ResumableDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state)
+
+
+class ExtraPromptStream:
+    """Where a refill's extra prompts come from (secreason.refill): the train items in an order of
+    their own, epoch after epoch, a permutation per (seed, rank, epoch) as in ResumableSampler.
+
+    Its position is the count of items drawn (`state_dict`), checkpointed with the sampler
+    callback, so a resumed run draws the same extra prompts. The order is not the loader's: the
+    loader's position is Lightning's count of trained batches, which extra draws must not move
+    (a resumed run would otherwise skip or repeat batches); a different seed keeps the extras from
+    mirroring the batches that come next.
+    """
+
+    SEED_OFFSET = 0x5EED  # the extra stream's seed differs from the loader's (data.seed)
+
+    def __init__(self, seed: int = 0, rank: int = 0) -> None:
+        self.seed, self.rank, self.drawn = int(seed), int(rank), 0
+        self._order: tuple[int, int, list[int]] | None = None  # (num_items, epoch, order) cached
+
+    def _epoch_order(self, num_items: int, epoch: int) -> list[int]:
+        if self._order is None or self._order[:2] != (num_items, epoch):
+            sampler = ResumableSampler(num_items, 1, seed=self.seed + self.SEED_OFFSET + 7919 * self.rank)
+            self._order = (num_items, epoch, sampler.order(epoch))
+        return self._order[2]
+
+    def draw(self, items: list, k: int) -> list:
+        """The next `k` of `items` (the train items; their number must not change during a run)."""
+        if not items:
+            raise ValueError("ExtraPromptStream.draw: no items to draw from")
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.drawn, len(items))
+            out.append(items[self._epoch_order(len(items), epoch)[i]])
+            self.drawn += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"drawn": self.drawn, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.drawn, self.seed = int(state["drawn"]), int(state["seed"])

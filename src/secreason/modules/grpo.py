@@ -18,8 +18,11 @@ format penalty inside the reward. Deviations and choices it does not state:
 - KL estimator: configurable, default k3 (unstated in the report).
 - Clip ε, batch size, completion length, temperature: unstated; config values.
 - The format penalty is a separate reward component, logged apart (the report folds it in).
-- `filter_zero_std_groups` drops zero-variance groups from the loss instead of resampling more
-  prompts, so the effective batch shrinks; `rollout/zero_std_frac` is always logged.
+- `filter_zero_std_groups` drops zero-variance groups from the loss, so the effective batch
+  shrinks; `dynamic_sampling.max_rounds` > 0 instead refills the batch with extra prompts before
+  it gets here (secreason.refill, done by the sampler callback); `rollout/zero_std_frac` is always logged.
+- `policy_loss` (clipped | gspo | cispo, secreason.algos.policy_loss) is the per-token policy term.
+- `async_rollouts=1`: the batch was generated one step ahead (callbacks/async_rollouts.py).
 - Old logprobs: with μ = 1 the ratio is exactly 1 on the forward pass (old = current, detached),
   so no extra forward is spent; with μ > 1 they are recomputed once before the updates
   (`old_logprobs=recompute`) or taken from the sampler (`old_logprobs=sampler`).
@@ -38,14 +41,13 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from secreason.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGG, OVERLONG_MODES, StepNorm, clipped_surrogate
-from secreason.algos import overlong_adjust, truncated_is_weights, zero_std_groups
-from secreason.errors import ConfigError
+from secreason.algos import StepNorm, overlong_adjust, truncated_is_weights, zero_std_groups
 from secreason.modules.logprobs import completion_logprobs
+from secreason.modules.grpo_settings import check_settings
 from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
 from secreason.modules.rollout_stats import rollout_metrics
-from secreason.optim import optimizer_factory, scheduler_factory
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
+from secreason.refill import score_rollout
 from secreason.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -102,14 +104,6 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> float:
     return torch.where(mask != 0, v, torch.zeros_like(v)).sum().item()
 
 
-OLD_LOGPROBS = ("recompute", "sampler")
-
-
-def _require(ok: bool, key: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: {rule}")
-
-
 class GRPOModule(L.LightningModule):
     """Built by Hydra from `conf/algorithm/grpo.yaml` (`algorithm.module`), like SFTModule: each
     argument there is an interpolation of the config key that error messages name. Every value is
@@ -120,63 +114,12 @@ class GRPOModule(L.LightningModule):
     @classmethod
     def check_settings(cls, **given: Any) -> dict[str, Any]:
         """Check the settings of `__init__` (defaults for those not given; others ignored) and resolve
-        the names through their registries. `secreason.run` calls it before the model is loaded, so a
-        bad value fails at once; `__init__` calls it too. Raises ConfigError naming the key."""
+        the names through their registries (`grpo_settings.check_settings`). `secreason.run` calls it
+        before the model is loaded, so a bad value fails at once; `__init__` calls it too."""
         params = inspect.signature(cls.__init__).parameters
         s = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
         s.update({k: v for k, v in given.items() if k in s})
-        # Types first, naming the key (`algorithm.num_generations='abc': must be an integer`), so no
-        # comparison below fails on a string. Values are kept as given (`__init__` stores them), so
-        # a count must already be an int; an eps or cap may be any real number.
-        import math
-
-        where = {"max_completion_length": "sampler.max_tokens", "temperature": "sampler.temperature"}
-
-        def named(name: str) -> str:
-            return where.get(name, f"algorithm.{name}")
-
-        def number(value: Any, name: str, integer: bool = False, nullable: bool = False) -> None:
-            if value is None and nullable:
-                return
-            ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
-            if isinstance(value, bool) or not ok:
-                kind = "an integer" if integer else "a finite number"
-                raise ConfigError(f"{name}={value!r}: must be {kind}{' or null' if nullable else ''}")
-
-        for name in ("num_generations", "updates_per_batch", "micro_batch_size", "max_completion_length"):
-            number(s[name], named(name), integer=True)
-        for name in ("clip_eps_low", "clip_eps_high", "temperature"):
-            number(s[name], named(name))
-        for name in ("is_cap", "max_grad_norm"):
-            number(s[name], named(name), nullable=True)
-        for name in ("filter_zero_std_groups", "share_prompts", "padding_free"):
-            if not isinstance(s[name], bool):
-                raise ConfigError(f"{named(name)}={s[name]!r}: must be true or false")
-        kl = dict(s["kl"] or {})
-        number(kl.get("beta", 0.02), "algorithm.kl.beta")
-        overlong = dict(s["overlong"] or {"mode": "none"})
-        number(overlong.get("buffer", 0), "algorithm.overlong.buffer", integer=True)
-        number(overlong.get("penalty", 1.0), "algorithm.overlong.penalty")
-        advantage = dict(s["advantage"] or {"name": "group_norm"})
-        number(advantage.get("eps", 1e-6), "advantage.eps")
-        _require(s["num_generations"] >= 2, "algorithm.num_generations", s["num_generations"],
-                 "must be ≥ 2 (advantages are relative to the group)")
-        for key in ("updates_per_batch", "micro_batch_size"):
-            _require(s[key] >= 1, f"algorithm.{key}", s[key], "must be ≥ 1")
-        _require(0 <= s["clip_eps_low"] < 1, "algorithm.clip_eps_low", s["clip_eps_low"], "must be in [0, 1)")
-        _require(s["clip_eps_high"] >= 0, "algorithm.clip_eps_high", s["clip_eps_high"], "must be ≥ 0")
-        _require(s["is_cap"] is None or s["is_cap"] > 0, "algorithm.is_cap", s["is_cap"], "must be > 0 or null")
-        _require(s["old_logprobs"] in OLD_LOGPROBS, "algorithm.old_logprobs", s["old_logprobs"],
-                 f"choose one of: {', '.join(OLD_LOGPROBS)}")
-        beta = float(kl.get("beta", 0.02))
-        _require(beta >= 0, "algorithm.kl.beta", beta, "must be ≥ 0")
-        OVERLONG_MODES.get(overlong.get("mode", "none"))  # an unknown mode fails now, not at step 1
-        return {"beta": beta, "kl_fn": KL_ESTIMATORS.get(kl.get("estimator", "k3")), "overlong": overlong,
-                "loss_agg": LOSS_AGG.get(s["loss_agg"]), "advantage_fn": ADVANTAGES.get(advantage["name"]),
-                "adv_eps": float(advantage.get("eps", 1e-6)),
-                # checked now, built in configure_optimizers
-                "make_optimizer": optimizer_factory(**(s["optim"] or {})),
-                "make_scheduler": scheduler_factory(**(s["scheduler"] or {}))}
+        return check_settings(s)
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, reward_set: Any,
                  ref_model: torch.nn.Module | None = None, num_generations: int = 5, updates_per_batch: int = 1,
@@ -187,7 +130,8 @@ class GRPOModule(L.LightningModule):
                  max_completion_length: int = 64, temperature: float = 1.0, max_grad_norm: float | None = 1.0,
                  optim: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
                  think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True,
-                 padding_free: bool = False) -> None:
+                 padding_free: bool = False, policy_loss: Mapping[str, Any] | None = None,
+                 dynamic_sampling: Mapping[str, Any] | None = None, async_rollouts: int = 0) -> None:
         super().__init__()
         checked = self.check_settings(**{k: v for k, v in locals().items() if k != "self"})
         self.automatic_optimization = not self.STEPS_OPTIMIZER_BY_HAND
@@ -195,6 +139,9 @@ class GRPOModule(L.LightningModule):
         self.overlong, self.loss_agg = checked["overlong"], checked["loss_agg"]
         self.advantage_fn, self.adv_eps = checked["advantage_fn"], checked["adv_eps"]
         self.make_optimizer, self.make_scheduler = checked["make_optimizer"], checked["make_scheduler"]
+        self.policy_loss = checked["policy_loss"]  # the policy_loss group's fn, its clip range bound
+        # Read by the sampler callback (callbacks/sampler.py), which draws and generates the rollouts.
+        self.refill_max_rounds, self.async_rollouts = checked["max_rounds"], async_rollouts
 
         self.model, self.tokenizer, self.reward_set = model, tokenizer, reward_set
         if ref_model is None and self.beta > 0 and not hasattr(model, "disable_adapter"):
@@ -258,9 +205,7 @@ class GRPOModule(L.LightningModule):
 
     def _scored(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
         """`score`, plus how many values each subset-mean metric averages (for the mean over ranks)."""
-        expanded = [row for row in rows for _ in range(self.num_generations)]
-        ids = [row[mask.bool()].tolist() for row, mask in zip(rollout.completion_ids, rollout.completion_mask)]
-        result = self.reward_set(rollout.texts, expanded, completion_ids=ids)  # ids: for TRL-style rewards
+        result = score_rollout(self.reward_set, rollout, rows, self.num_generations)
         counts = {f"train/reward/{name}": float(sum(v is not None for v in values))
                   for name, values in getattr(result, "per_reward", {}).items()}
         counts["train/reward/std"] = float(len(rows))  # a mean over groups
@@ -403,8 +348,7 @@ class GRPOModule(L.LightningModule):
             old_lp = logp.detach() if old_lp is None else old_lp
             sampler_lp = part.sampler_logprobs.to(self.device)
             is_w = truncated_is_weights(old_lp, sampler_lp, self.is_cap)
-            per_token, st = clipped_surrogate(logp, old_lp, advantages[m].to(self.device), self.clip_low,
-                                              self.clip_high, is_w)
+            per_token, st = self.policy_loss(logp, old_lp, advantages[m].to(self.device), mb_mask, is_weights=is_w)
             kl = self.kl_fn(logp, ref_lp) if ref_lp is not None else torch.zeros_like(logp)
             loss = self.loss_agg(per_token + self.beta * kl, mb_mask, norm)
             # DDP and FSDP average gradients over ranks; the shares already divide by the global count.
