@@ -44,17 +44,18 @@ class SamplerCallback(L.Callback, Generator):
         self.ahead, self.shadow = RolloutAhead(), Shadow()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.bind(pl_module.model, pl_module.tokenizer)
-        self.rank = trainer.global_rank  # each rank its own seeds (secreason.sampling.base.call_seed)
-        self.extra_prompts.seed = int(getattr(trainer.datamodule, "seed", 0) or 0)
-        self.extra_prompts.rank = trainer.global_rank
         from lightning.pytorch.strategies import FSDPStrategy
 
+        # Refused before the engine is built: a bad combination costs nothing.
         if isinstance(trainer.strategy, FSDPStrategy):
             for key, value in (("algorithm.dynamic_sampling.max_rounds", getattr(pl_module, "refill_max_rounds", 0)),
                                ("algorithm.async_rollouts", getattr(pl_module, "async_rollouts", 0))):
                 if value:  # FSDP ranks gather parameters in each generate step, so they must generate in lockstep
                     raise ConfigError(f"{key}={value!r}: not supported under trainer=fsdp; use trainer=ddp")
+        self.bind(pl_module.model, pl_module.tokenizer)
+        self.rank = trainer.global_rank  # each rank its own seeds (secreason.sampling.base.call_seed)
+        self.extra_prompts.seed = int(getattr(trainer.datamodule, "seed", 0) or 0)
+        self.extra_prompts.rank = trainer.global_rank
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The strategy has wrapped the model by now; under FSDP an HF generator runs with its unit.

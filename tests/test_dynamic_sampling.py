@@ -231,7 +231,7 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("attr,key", [("refill_max_rounds", "algorithm.dynamic_sampling.max_rounds"),
                                       ("async_rollouts", "algorithm.async_rollouts")])
-def test_refill_and_async_are_refused_under_fsdp(attr, key):
+def test_refill_and_async_are_refused_under_fsdp(attr, key, tiny_model, tokenizer):
     """FSDP ranks generate in lockstep (each forward gathers parameters): a rank refilling alone would hang."""
     from types import SimpleNamespace
 
@@ -241,7 +241,7 @@ def test_refill_and_async_are_refused_under_fsdp(attr, key):
     from secreason.errors import ConfigError
 
     trainer = SimpleNamespace(global_rank=0, datamodule=None, strategy=FSDPStrategy())
-    module = SimpleNamespace(model=None, tokenizer=None, refill_max_rounds=0, async_rollouts=0)
+    module = SimpleNamespace(model=tiny_model, tokenizer=tokenizer, refill_max_rounds=0, async_rollouts=0)
     SamplerCallback().setup(trainer, module, "fit")  # neither: fine
     setattr(module, attr, 1)
     with pytest.raises(ConfigError, match=f"^{key}=1: not supported under trainer=fsdp"):
