@@ -4,6 +4,7 @@ and only then runs the benchmark. Read from `make -n -B` (a dry run that prints 
 venv would run), so nothing is installed."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tomllib
@@ -20,8 +21,10 @@ def bench_commands(tmp_path_factory) -> list[str]:
     if shutil.which("make") is None:
         pytest.skip("no `make` on this machine")
     venv = tmp_path_factory.mktemp("fresh") / "venv"
-    out = subprocess.run(["make", "-n", "-B", "bench", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    # Under `make test` this make is nested: without these it prints "make[1]: Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-B", "bench", f"VENV={venv}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60, check=True, env=env).stdout
     return [line.strip() for line in out.replace("\\\n", " ").splitlines() if line.strip()]
 
 

@@ -309,6 +309,7 @@ def test_auto_dtype_follows_the_trainer(monkeypatch, tiny_model_dir, precision, 
     model = load_causal_lm(str(tiny_model_dir)).to(policy_dtype)
     s = VLLMSampler(dtype=dtype)
     monkeypatch.setattr(s, "bind", lambda *a: s)  # no engine: only the dtype choice is under test
-    s.setup(SimpleNamespace(precision=precision, global_rank=0), SimpleNamespace(model=model, tokenizer=None), "fit")
+    trainer = SimpleNamespace(precision=precision, global_rank=0, strategy=None, datamodule=None)
+    s.setup(trainer, SimpleNamespace(model=model, tokenizer=None), "fit")
     assert s.resolve_dtype(model) == expected
     assert VLLMSampler(dtype=dtype).resolve_dtype(model) == outside_trainer  # no trainer: the policy's dtype
