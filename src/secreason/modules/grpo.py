@@ -47,6 +47,7 @@ from secreason.modules.logprobs import completion_logprobs
 from secreason.modules.grpo_settings import check_settings
 from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
 from secreason.modules.rollout_stats import rollout_metrics
+from secreason.modules.rollout_table import ScoredBatch
 from secreason.modules.zero_std_filter import zero_std_rows
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 from secreason.refill import score_rollout
@@ -228,6 +229,7 @@ class GRPOModule(L.LightningModule):
                                         self.max_len, int(self.overlong.get("buffer", 0)),
                                         float(self.overlong.get("penalty", 1.0)))
         advantages = self.advantage_fn(rewards, rollout.group_index, eps=self.adv_eps)
+        batch["scored"] = ScoredBatch(result, advantages)  # for the rollout table (callbacks/rollout_table.py)
         zero, zero_metrics = zero_std_rows(rewards, result.correctness, rollout.group_index,
                                            self.filter_zero_std_on, self.adv_eps)
         metrics.update(rollout_metrics(rollout, self.tokenizer, self.think_tags))
