@@ -74,8 +74,8 @@ def test_trl_format_data_with_a_trl_shaped_reward_by_target_trains_two_steps(com
     with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as f:
         logged = [row for row in csv.DictReader(f) if row.get("train/reward/total")]
     assert sum(float(r.get("train/reward_stats/solution/not_applicable") or 0) for r in logged) == 2.0
-    returned = [solution_in_completion(c["prompts"], c["completions"], c["ids"], c["solution"]) for c in CALLS]
-    CALLS[2:] = []
+    calls = list(CALLS)  # re-scoring below appends to CALLS
+    returned = [solution_in_completion(c["prompts"], c["completions"], c["ids"], c["solution"]) for c in calls]
     for row, values in zip(logged, returned):
         scored = [v for v in values if v is not None]
         assert float(row["train/reward/solution"]) == pytest.approx(sum(scored) / len(scored))
