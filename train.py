@@ -6,7 +6,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network unless the user says so
 os.environ.setdefault("WANDB_SILENT", "true")
 
 CONF = Path(__file__).resolve().parent / "conf"

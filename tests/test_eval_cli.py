@@ -74,6 +74,10 @@ def test_scoring_only_prints_json_and_writes_outputs(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == out
     assert len((tmp_path / "items.jsonl").read_text().splitlines()) == 12
     assert list((tmp_path / "wandb").glob("offline-run-*"))             # offline wandb run
+    tables = list((tmp_path / "wandb").glob("offline-run-*/files/media/table/eval/items_*.table.json"))
+    assert len(tables) == 1, "the per-item wandb Table is missing"
+    table = json.loads(tables[0].read_text())
+    assert len(table["data"]) == 12 and {"benchmark", "response", "answer"} <= set(table["columns"])
 
 
 # ---- generation end to end on the tiny model (CPU; `tiny_model_dir` is conftest.py's) -------------

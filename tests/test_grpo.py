@@ -379,6 +379,38 @@ def test_filter_zero_std_groups_keeps_the_others(tiny_model, tokenizer, rl_file)
     assert rec.steps[0]["metrics"]["rollout/zero_std_frac"] == 0.5
 
 
+class AllWrongPenalised:
+    """Every answer wrong (correctness 0); the format penalty differs inside each group (−0.5, 0)."""
+
+    def __call__(self, texts, rows, completion_ids=None):
+        n = len(texts)
+        penalty = [-0.5 if i % 2 else 0.0 for i in range(n)]
+        return RewardResult(total=list(penalty), correctness=[0.0] * n, format_penalty=penalty,
+                            per_reward={"wrong": [0.0] * n}, penalised=[p != 0 for p in penalty],
+                            routed=[True] * n, penalty_reasons=[["short"] if p else [] for p in penalty])
+
+
+@pytest.mark.parametrize("on,moves", [(None, False), ("total", True)])
+def test_filter_judges_correctness_by_default(tiny_model, tokenizer, rl_file, on, moves):
+    """All answers wrong, penalties differ: by default (filter on correctness) the groups are dropped and
+    no gradient flows; judged on the shaped total they would train on the penalty gaps alone."""
+    kw = {} if on is None else {"filter_zero_std_on": on}
+    module = make_module(tiny_model, tokenizer, AllWrongPenalised(), ref=None, kl={"beta": 0.0},
+                         filter_zero_std_groups=True, **kw)
+    grads: list[float] = []
+    tiny_model.lm_head.weight.register_hook(lambda g: grads.append(g.abs().sum().item()))
+    before, rec = weights(tiny_model), Recorder()
+    tr = trainer(callbacks=[HFSampler(max_tokens=MAX_TOKENS, seed=0), rec], max_steps=1, limit_train_batches=1)
+    tr.fit(module, datamodule=datamodule(tokenizer, rl_file))
+    m = rec.steps[0]["metrics"]
+    assert m["rollout/zero_std_correctness_frac"] == 1.0 and m["rollout/zero_std_frac"] == 0.0
+    if moves:
+        assert m["rollout/kept_frac"] == 1.0 and grads and max(grads) > 0 and max_change(before, tiny_model) > 0
+    else:
+        assert m["rollout/kept_frac"] == 0.0 and not grads and max_change(before, tiny_model) == 0.0
+        assert "train/loss" not in m
+
+
 # ------------------------------------------------------------------------------------ μ > 1
 
 @pytest.mark.parametrize("old_logprobs,atol", [("recompute", 1e-6), ("sampler", 1e-4)])
@@ -558,3 +590,10 @@ def test_resume_equals_uninterrupted(tiny_model_dir, tokenizer, rl_file, tmp_pat
     wb = weights(model)
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_filter_zero_std_on_is_checked():
+    from secreason.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"algorithm\.filter_zero_std_on='accuracy': choose one of: correctness, total"):
+        GRPOModule.check_settings(filter_zero_std_on="accuracy")

@@ -201,14 +201,20 @@ def wrap_lora(model, lora: Mapping[str, Any]):
     return model
 
 
+ADAPTER_DIR = "adapter"  # the LoRA adapter alone, inside an export of a peft policy
 EXPORT_SUFFIX = ".export"  # temp dirs of an export in progress: `.hf_model.<host>.<pid>.<hex>.export`
 
 
-def export_hf(model, tokenizer, out_dir: str | Path, state_dict: Mapping[str, Any] | None = None) -> Path:
+def export_hf(model, tokenizer, out_dir: str | Path, state_dict: Mapping[str, Any] | None = None,
+              card: str | None = None) -> Path:
     """Save the policy (LoRA merged, a 4-bit base dequantized) + tokenizer as an HF dir that
     `model.path=` accepts. The weights are `secreason.sampling.weights.save_policy`'s, the same the
-    vLLM sampler serves; written to a temp dir beside `out_dir`, then renamed into place (temp
-    dirs of killed exports there are removed first).
+    vLLM sampler serves. A peft policy also gets `adapter/` (peft's `save_pretrained`: the adapter
+    alone, for `PeftModel.from_pretrained(base, out_dir / "adapter")`). `card`: the README.md (model card).
+
+    Written to a temp dir beside `out_dir` (temp dirs of killed exports there are removed first),
+    then swapped in by two renames (the old dir aside, the new one in), so a reader or a crash sees
+    a complete directory, never a half-written one.
 
     `state_dict`: the full weights gathered elsewhere (FSDP: `model` itself holds only shards),
     saved with `model`'s config; a plain (not peft) model only."""
@@ -221,20 +227,25 @@ def export_hf(model, tokenizer, out_dir: str | Path, state_dict: Mapping[str, An
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir.parent, EXPORT_SUFFIX)  # what a killed export left behind
-    tmp = own_temp_path(out_dir, EXPORT_SUFFIX)
+    tmp, old = own_temp_path(out_dir, EXPORT_SUFFIX), own_temp_path(out_dir, EXPORT_SUFFIX)
     tmp.mkdir()
     try:
         if state_dict is None:
             save_policy(model, tokenizer, tmp)
+            if hasattr(model, "peft_config"):
+                model.save_pretrained(tmp / ADAPTER_DIR)
         else:
             if hasattr(model, "peft_config"):
                 raise ValueError("export_hf: a gathered state_dict is for a plain model, not a peft one")
             getattr(model, "module", model).save_pretrained(tmp, state_dict=dict(state_dict))  # FSDP: the inner model
             tokenizer.save_pretrained(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card)
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            os.replace(out_dir, old)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return out_dir

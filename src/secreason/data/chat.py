@@ -93,7 +93,11 @@ def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     return ids, labels
 
 
-def encode_prompt(tokenizer, prompt: str, system: str | None = None) -> list[int]:
-    """Token ids of a one-turn chat prompt, ending with the assistant header (generation prompt)."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+def encode_prompt(tokenizer, prompt: str | list[dict], system: str | None = None) -> list[int]:
+    """Token ids of a chat prompt, ending with the assistant header (generation prompt). `prompt`: the
+    user message's text, or a conversation (TRL's conversational prompt: a list of {role, content});
+    `system` is put first unless the conversation has its own system message."""
+    turns = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    has_system = any(m.get("role") == "system" for m in turns)
+    messages = ([{"role": "system", "content": system}] if system and not has_system else []) + turns
     return render_ids(tokenizer, messages, add_generation_prompt=True)

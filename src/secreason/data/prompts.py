@@ -1,5 +1,9 @@
 """RL prompt rows {task, prompt, answer, …} → batches of chat-templated prompt ids + the raw rows.
 
+TRL-format data sets load unchanged: `prompt` may be a conversation (a list of {role, content}
+messages), `data.columns` maps our names to the data set's (`data.columns.answer=solution`), and
+`data.task` is the task of rows without one (a data set of one task).
+
 Rows are checked before training (`secreason.data.rows.check_rl_prompt`): a row whose `answer` no
 reward can use, or whose `task` no reward of the run's reward set routes (`reward_tasks`, given by
 `secreason.run` from `RewardSet.tasks`), follows `data.on_bad_row` like any other bad row: an
@@ -17,10 +21,13 @@ from torch.utils.data import DataLoader
 
 from secreason.data.chat import encode_prompt
 from secreason.data.resumable import ResumableDataModule
-from secreason.data.rows import DataError, check_rl_prompt, load_rows, log_counts
+from secreason.data.rows import DataError, check_rl_prompt, load_rows, log_counts, mapped_row
+from secreason.errors import ConfigError
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 
 log = logging.getLogger(__name__)
+
+RL_COLUMNS = ("prompt", "answer", "task")  # what data.columns can map (other columns pass through unchanged)
 
 
 def encode_prompts(tokenizer, rows: list[dict], system_prompt: str | None, max_prompt_length: int):
@@ -35,6 +42,29 @@ def encode_prompts(tokenizer, rows: list[dict], system_prompt: str | None, max_p
     return kept, dropped
 
 
+def check_column_map(columns: Mapping[str, str] | None) -> dict[str, str]:
+    """`data.columns` as {our name: the data set's column} (a null entry: the column of our own name);
+    anything else is a ConfigError naming the key."""
+    out = {k: v for k, v in dict(columns or {}).items() if v is not None}
+    for ours, theirs in out.items():
+        if ours not in RL_COLUMNS:
+            raise ConfigError(f"data.columns.{ours}: not a column the RL rows have; map one of {', '.join(RL_COLUMNS)}")
+        if not isinstance(theirs, str) or not theirs:
+            raise ConfigError(f"data.columns.{ours}={theirs!r}: must be the data set's column name")
+    return out
+
+
+def with_column_hint(problem: str | None, columns: Mapping[str, str], task: str | None) -> str | None:
+    """A missing column's problem, saying which data set column the map read it from (or how to give it)."""
+    if problem is None or not problem.startswith("missing '"):
+        return problem
+    key = problem.split("'")[1]
+    if key in columns:
+        return f"{problem} (data.columns.{key}={columns[key]}: the row has no column {columns[key]!r})"
+    hint = "data.task=<name> for a data set of one task" if key == "task" else f"data.columns.{key}=<its column>"
+    return f"{problem} (name the column that holds it: {hint})"
+
+
 def collate_prompts(items: list[dict]) -> dict[str, Any]:
     return {"prompt_ids": [it["prompt_ids"] for it in items], "rows": [it["row"] for it in items]}
 
@@ -46,8 +76,12 @@ class PromptDataModule(ResumableDataModule):
                  batch_size: int = 8, max_prompt_length: int = 256, system_prompt: str | None = None,
                  on_bad_row: str = "error", seed: int = 0, tasks: list[str] | None = None,
                  synth: Mapping[str, Any] | None = None, think_tags=DEFAULT_THINK_TAGS,
-                 reward_tasks: Collection[str] | None = None) -> None:
+                 reward_tasks: Collection[str] | None = None, columns: Mapping[str, str] | None = None,
+                 task: str | None = None) -> None:
         super().__init__()
+        self.columns, self.task = check_column_map(columns), task
+        if task is not None and not isinstance(task, str):
+            raise DataError(f"data.task={task!r}: must be a task name (a string) or null")
         if batch_size < 1:
             raise DataError(f"data.batch_size={batch_size} must be ≥ 1")
         self.tokenizer, self.path, self.split, self.test_split = tokenizer, path, split, test_split
@@ -66,8 +100,14 @@ class PromptDataModule(ResumableDataModule):
 
     def load(self, split: str, stats: dict[str, int] | None = None) -> list[dict]:
         keep = set(self.tasks) if self.tasks else None
-        check = functools.partial(check_rl_prompt, reward_tasks=self.reward_tasks, only_tasks=keep)
-        rows = load_rows(self.source_path(), check, split=split, on_bad_row=self.on_bad_row, stats=stats)
+        checked = functools.partial(check_rl_prompt, reward_tasks=self.reward_tasks, only_tasks=keep)
+
+        def check(row: dict) -> str | None:
+            return with_column_hint(checked(row), self.columns, self.task)
+
+        prepare = functools.partial(mapped_row, columns=self.columns, task=self.task)
+        rows = load_rows(self.source_path(), check, split=split, on_bad_row=self.on_bad_row, stats=stats,
+                         prepare=prepare if self.columns or self.task else None)
         if keep:
             rows = [r for r in rows if r["task"] in keep]
             if not rows:

@@ -116,6 +116,38 @@ def answer_problem(answer: Any, task: str) -> str | None:
     return f"'answer' is a {type(answer).__name__}; give the gold as a string or a number{lists}"
 
 
+def prompt_problem(prompt: Any) -> str | None:
+    """What is wrong with an RL `prompt`, or None. Usable: a non-empty string, or a conversation
+    (TRL's conversational form) of {role, content} messages with a user turn and no final assistant turn."""
+    if isinstance(prompt, str):
+        return None if prompt.strip() else "'prompt' is empty"
+    if not isinstance(prompt, list):
+        return f"'prompt' is a {type(prompt).__name__}; give a string or a list of {{role, content}} messages"
+    if not prompt:
+        return "'prompt' is an empty list of messages"
+    for i, m in enumerate(prompt):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return f"prompt[{i}] must be {{role: one of {sorted(ROLES)}, content: a string}}, got {m!r:.80}"
+    if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+        return "'prompt' has no non-empty user message"
+    if prompt[-1]["role"] == "assistant":
+        return "'prompt' ends with an assistant message; the model answers after the last user turn"
+    return None
+
+
+def mapped_row(row: dict, columns: Mapping[str, str] | None = None, task: str | None = None) -> dict:
+    """`row` with our column names: `columns` maps ours to the data set's (`{"answer": "solution"}`:
+    row["answer"] = row["solution"]); `task` is the task of a row without one (a constant for a data
+    set of one task). A column the map names but the row lacks is left out (the check names it)."""
+    out = dict(row)
+    for ours, theirs in (columns or {}).items():
+        if theirs in row:
+            out[ours] = row[theirs]
+    if task is not None and out.get("task") is None:
+        out["task"] = task
+    return out
+
+
 def check_rl_prompt(row: dict, reward_tasks: Collection[str] | None = None,
                     only_tasks: Collection[str] | None = None) -> str | None:
     """What is wrong with a GRPO prompt row {task, prompt, answer, …}, or None.
@@ -126,8 +158,9 @@ def check_rl_prompt(row: dict, reward_tasks: Collection[str] | None = None,
     for key in ("prompt", "answer", "task"):
         if key not in row:
             return f"missing {key!r}"
-    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-        return "'prompt' must be a non-empty string"
+    problem = prompt_problem(row["prompt"])
+    if problem:
+        return problem
     if not isinstance(row["task"], str):
         return "'task' must be a string"
     problem = answer_problem(row["answer"], row["task"])
@@ -141,14 +174,18 @@ def check_rl_prompt(row: dict, reward_tasks: Collection[str] | None = None,
 
 
 def load_rows(path: str, check: Callable[[dict], str | None], split: str = "train",
-              on_bad_row: str = "error", stats: MutableMapping[str, int] | None = None) -> list[dict]:
+              on_bad_row: str = "error", stats: MutableMapping[str, int] | None = None,
+              prepare: Callable[[dict], dict] | None = None) -> list[dict]:
     """All valid rows. A bad row (undecodable, invalid JSON, or one `check` objects to) raises
     DataError naming file:line, or is skipped and counted. `stats`, if given, gets `rows_read` and
-    `rows_skipped` added (the datamodules log them)."""
+    `rows_skipped` added (the datamodules log them). `prepare` (e.g. `mapped_row`) turns each decoded
+    row into the row that is checked and kept."""
     if on_bad_row not in ("error", "skip"):
         raise DataError(f"data.on_bad_row={on_bad_row!r}; choose error or skip")
     rows, bad = [], 0
     for where, row in iter_raw_rows(path, split):
+        if prepare is not None and isinstance(row, dict):
+            row = prepare(row)
         problem = str(row).split(": ", 1)[-1] if isinstance(row, DataError) else check(row)
         if problem is None:
             rows.append(row)

@@ -259,9 +259,22 @@ def log_wandb(cfg: DictConfig, results: dict[str, dict], run_dir: Path) -> None:
                      dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True), reinit=True)
     flat = {f"eval/{name}/{k}": v for name, res in results.items() for k, v in res.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    run.log(flat)
+    columns, data = items_table((run_dir / "items.jsonl").read_text().splitlines())
+    run.log({**flat, "eval/items": wandb.Table(columns=columns, data=data)})  # one row per item and seed
     run.summary.update(flat)
     run.finish()
+
+
+def items_table(lines: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """items.jsonl lines as (columns, data) for a wandb.Table: every key any record has, in first-seen
+    order; a value that is not a str/number/bool (a list, a dict) as its JSON text."""
+    records = [json.loads(line) for line in lines if line.strip()]
+    columns = list(dict.fromkeys(k for rec in records for k in rec))
+
+    def cell(value: Any) -> Any:
+        return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
+
+    return columns, [[cell(rec.get(c)) for c in columns] for rec in records]
 
 
 def _jsonable(value: Any) -> Any:

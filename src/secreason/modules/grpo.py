@@ -18,9 +18,10 @@ format penalty inside the reward. Deviations and choices it does not state:
 - KL estimator: configurable, default k3 (unstated in the report).
 - Clip ε, batch size, completion length, temperature: unstated; config values.
 - The format penalty is a separate reward component, logged apart (the report folds it in).
-- `filter_zero_std_groups` drops zero-variance groups from the loss, so the effective batch
+- `filter_zero_std_groups` drops groups whose correctness has zero variance from the loss
+  (`filter_zero_std_on=total`: the shaped total; secreason.modules.zero_std_filter), so the batch
   shrinks; `dynamic_sampling.max_rounds` > 0 instead refills the batch with extra prompts before
-  it gets here (secreason.refill, done by the sampler callback); `rollout/zero_std_frac` is always logged.
+  it gets here (secreason.refill, done by the sampler callback); both zero-std fractions are always logged.
 - `policy_loss` (clipped | gspo | cispo, secreason.algos.policy_loss) is the per-token policy term.
 - `async_rollouts=1`: the batch was generated one step ahead (callbacks/async_rollouts.py).
 - Old logprobs: with μ = 1 the ratio is exactly 1 on the forward pass (old = current, detached),
@@ -41,11 +42,13 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from secreason.algos import StepNorm, overlong_adjust, truncated_is_weights, zero_std_groups
+from secreason.algos import StepNorm, overlong_adjust, truncated_is_weights
 from secreason.modules.logprobs import completion_logprobs
 from secreason.modules.grpo_settings import check_settings
 from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
 from secreason.modules.rollout_stats import rollout_metrics
+from secreason.modules.rollout_table import ScoredBatch
+from secreason.modules.zero_std_filter import zero_std_rows
 from secreason.rewards.extraction import DEFAULT_THINK_TAGS
 from secreason.refill import score_rollout
 from secreason.rollout import Rollout
@@ -127,6 +130,7 @@ class GRPOModule(L.LightningModule):
                  kl: Mapping[str, Any] | None = None, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
                  is_cap: float | None = None, old_logprobs: str = "recompute",
                  overlong: Mapping[str, Any] | None = None, filter_zero_std_groups: bool = False,
+                 filter_zero_std_on: str = "correctness",
                  max_completion_length: int = 64, temperature: float = 1.0, max_grad_norm: float | None = 1.0,
                  optim: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
                  think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True,
@@ -155,7 +159,7 @@ class GRPOModule(L.LightningModule):
         self.micro_batch_size = micro_batch_size
         self.clip_low, self.clip_high, self.is_cap = clip_eps_low, clip_eps_high, is_cap
         self.old_logprobs = old_logprobs
-        self.filter_zero_std = filter_zero_std_groups
+        self.filter_zero_std, self.filter_zero_std_on = filter_zero_std_groups, filter_zero_std_on
         self.max_len, self.temperature, self.max_grad_norm = max_completion_length, temperature, max_grad_norm
         self.think_tags, self.share_prompts, self.padding_free = tuple(think_tags), share_prompts, padding_free
 
@@ -200,17 +204,18 @@ class GRPOModule(L.LightningModule):
 
     def score(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
         """Total rewards [N] and the reward metrics of this batch."""
-        rewards, metrics, _ = self._scored(rollout, rows)
+        rewards, metrics, _, _ = self._scored(rollout, rows)
         return rewards, metrics
 
-    def _scored(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
-        """`score`, plus how many values each subset-mean metric averages (for the mean over ranks)."""
+    def _scored(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float], dict[str, float], Any]:
+        """`score`, plus how many values each subset-mean metric averages (for the mean over ranks)
+        and the RewardResult itself."""
         result = score_rollout(self.reward_set, rollout, rows, self.num_generations)
         counts = {f"train/reward/{name}": float(sum(v is not None for v in values))
                   for name, values in getattr(result, "per_reward", {}).items()}
         counts["train/reward/std"] = float(len(rows))  # a mean over groups
         return (torch.tensor(result.total, dtype=torch.float32), result.metrics(rollout.group_index.tolist()),
-                counts)
+                counts, result)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         rollout: Rollout | None = batch.get("rollout")
@@ -218,17 +223,19 @@ class GRPOModule(L.LightningModule):
             raise RuntimeError("GRPO needs a sampler callback (sampler=hf|vllm) to fill batch['rollout']")
         profile = self.trainer.profiler.profile  # phases by name: trainer.profiler=simple prints them
         with profile("grpo/reward"):
-            rewards, metrics, counts = self._scored(rollout, batch["rows"])
+            rewards, metrics, counts, result = self._scored(rollout, batch["rows"])
         mask = rollout.completion_mask.clone()
         rewards, mask = overlong_adjust(rewards, mask, rollout.truncated, self.overlong.get("mode", "none"),
                                         self.max_len, int(self.overlong.get("buffer", 0)),
                                         float(self.overlong.get("penalty", 1.0)))
         advantages = self.advantage_fn(rewards, rollout.group_index, eps=self.adv_eps)
-        zero = zero_std_groups(rewards, rollout.group_index, eps=self.adv_eps)
+        batch["scored"] = ScoredBatch(result, advantages)  # for the rollout table (callbacks/rollout_table.py)
+        zero, zero_metrics = zero_std_rows(rewards, result.correctness, rollout.group_index,
+                                           self.filter_zero_std_on, self.adv_eps)
         metrics.update(rollout_metrics(rollout, self.tokenizer, self.think_tags))
         closed = metrics.get("rollout/think_closed_frac", 0.0) * rollout.num_completions
         counts["rollout/think_len_mean"] = round(closed)  # a mean over the closed thinks only
-        metrics["rollout/zero_std_frac"] = zero.float().mean().item()
+        metrics.update(zero_metrics)
         keep = ~zero if self.filter_zero_std else torch.ones_like(zero)
         rows = keep.nonzero().squeeze(-1)
         metrics["rollout/kept_frac"] = rows.numel() / rollout.num_completions

@@ -13,6 +13,7 @@ from typing import Any
 from secreason.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGG, OVERLONG_MODES, POLICY_LOSSES
 from secreason.algos.policy_loss import check_clip_range
 from secreason.errors import ConfigError
+from secreason.modules.zero_std_filter import check_filter_signal
 from secreason.optim import optimizer_factory, scheduler_factory
 
 OLD_LOGPROBS = ("recompute", "sampler")
@@ -87,6 +88,7 @@ def check_settings(s: dict[str, Any]) -> dict[str, Any]:
     require(s["is_cap"] is None or s["is_cap"] > 0, "algorithm.is_cap", s["is_cap"], "must be > 0 or null")
     require(s["old_logprobs"] in OLD_LOGPROBS, "algorithm.old_logprobs", s["old_logprobs"],
             f"choose one of: {', '.join(OLD_LOGPROBS)}")
+    check_filter_signal(s["filter_zero_std_on"])
     require(s["async_rollouts"] in ASYNC_ROLLOUTS, "algorithm.async_rollouts", s["async_rollouts"],
             "must be 0 (on-policy) or 1 (one step off-policy)")
     require(not (s["async_rollouts"] and max_rounds), "algorithm.async_rollouts", s["async_rollouts"],
