@@ -98,6 +98,16 @@ class PromptDataModule(ResumableDataModule):
     def test_rows(self) -> list[dict]:
         return self.load(self.test_split)
 
+    def val_dataloader(self) -> DataLoader | list:
+        """The held-out `test_split` prompts for Lightning's validation loop (GRPOModule.validation_step).
+        Read here, not in `setup`: Lightning asks for it only when validation is on
+        (`trainer.limit_val_batches` > 0), so a run without it never needs the split."""
+        items, dropped = encode_prompts(self.tokenizer, self.test_rows(), self.system_prompt, self.max_prompt_length)
+        if dropped:
+            log.warning("dropped %d held-out prompts longer than data.max_prompt_length=%d", dropped,
+                        self.max_prompt_length)
+        return DataLoader(items, batch_size=self.batch_size, shuffle=False, collate_fn=collate_prompts) if items else []
+
     def train_dataloader(self) -> DataLoader:
         sampler = self.make_sampler(len(self.train_items), drop_last=True)
         return DataLoader(self.train_items, batch_size=self.batch_size, sampler=sampler,
