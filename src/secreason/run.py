@@ -103,12 +103,12 @@ def optimized_value(key: str | None, metrics: dict[str, float]) -> float | None:
 
 def train_for_sweep(cfg: DictConfig) -> float | None:
     """`train`, returning `optimized_metric`'s last value (`python train.py`'s return, what sweepers read)."""
-    return optimized_value(check_optimized_metric(cfg), train(cfg))
+    key = check_optimized_metric(cfg)  # before any work
+    return optimized_value(key, train(cfg))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resume_path(cfg.get("ckpt_path"))  # a local, weights-only checkpoint, checked before any work
-    check_optimized_metric(cfg)
     make_module = module_factory(cfg)  # settings checked before any weights load
     check_trainer_for(make_module.func, cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
