@@ -68,7 +68,8 @@ def test_validation_scores_the_held_out_split_like_heldout_scores(compose_train,
 
 
 def test_optimized_metric_from_the_validation_loop_needs_it_on(run_train):
-    proc = run_train("+experiment=grpo", "optimized_metric=val/reward/correctness", "logger=csv", *QUIET, timeout=120)
+    proc = run_train("+experiment=grpo", "optimized_metric=val/reward/correctness", "trainer.max_steps=1", "logger=csv",
+                     *QUIET, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
         "error: optimized_metric=val/reward/correctness: logged by the validation loop, which "
@@ -83,7 +84,7 @@ def test_grpo_optuna_maximises_the_held_out_reward(run_train, sft_model, tmp_pat
     sweep = tmp_path / "sweep"
     proc = run_train(
         "-m", "+experiment=grpo", "hparams_search=grpo_optuna", "hydra.sweeper.n_trials=2", f"model.path={sft_model}",
-        "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=3", TASKS,
+        "trainer.max_steps=4", "trainer.val_check_interval=2", "data.val_batch_size=100", TASKS,
         "data.batch_size=8", "algorithm.num_generations=4", "sampler.max_tokens=24", "logger=csv",
         f"hydra.sweep.dir={sweep}", *QUIET)
     ok(proc)
@@ -95,7 +96,8 @@ def test_grpo_optuna_maximises_the_held_out_reward(run_train, sft_model, tmp_pat
         lr, beta = float(chosen["algorithm.optim.lr"]), float(chosen["algorithm.kl.beta"])
         assert 1e-6 <= lr <= 1e-3 and 0 <= beta <= 0.5, chosen
         params.append({"algorithm.optim.lr": lr, "algorithm.kl.beta": beta})
-        # validated at steps 2 and 4 on the held-out prompts; the trial returns the last one
+        # validated at steps 2 and 4 on all held-out prompts (the sweep config switches validation on,
+        # which +experiment=grpo switches off); the trial returns the last validation
         val = last_values(trial / "csv" / "metrics.csv", "val/reward/correctness")
         assert len(val) == 2 and all(0 <= v <= 1 for v in val), val
         assert last_values(trial / "csv" / "metrics.csv", "train/loss"), "no GRPO step ran"

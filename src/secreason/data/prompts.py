@@ -46,10 +46,14 @@ class PromptDataModule(ResumableDataModule):
                  batch_size: int = 8, max_prompt_length: int = 256, system_prompt: str | None = None,
                  on_bad_row: str = "error", seed: int = 0, tasks: list[str] | None = None,
                  synth: Mapping[str, Any] | None = None, think_tags=DEFAULT_THINK_TAGS,
-                 reward_tasks: Collection[str] | None = None) -> None:
+                 reward_tasks: Collection[str] | None = None, val_batch_size: int | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise DataError(f"data.batch_size={batch_size} must be ≥ 1")
+        if val_batch_size is not None and val_batch_size < 1:
+            raise DataError(f"data.val_batch_size={val_batch_size} must be ≥ 1 or null")
+        # Validation only generates (no backward, no reference), so it can take far more prompts per call.
+        self.val_batch_size = val_batch_size or batch_size
         self.tokenizer, self.path, self.split, self.test_split = tokenizer, path, split, test_split
         self.batch_size, self.max_prompt_length, self.system_prompt = batch_size, max_prompt_length, system_prompt
         self.on_bad_row, self.seed, self.tasks, self.synth = on_bad_row, seed, tasks, synth
@@ -106,7 +110,7 @@ class PromptDataModule(ResumableDataModule):
         if dropped:
             log.warning("dropped %d held-out prompts longer than data.max_prompt_length=%d", dropped,
                         self.max_prompt_length)
-        return DataLoader(items, batch_size=self.batch_size, shuffle=False, collate_fn=collate_prompts) if items else []
+        return DataLoader(items, batch_size=self.val_batch_size, shuffle=False, collate_fn=collate_prompts) if items else []
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.make_sampler(len(self.train_items), drop_last=True)
