@@ -14,10 +14,11 @@ CONF = Path(__file__).resolve().parent / "conf"
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from secreason.cli import run_or_exit
-    from secreason.run import train
+    from secreason.run import train_for_sweep
 
-    metrics = run_or_exit(train, cfg)  # None: a sweep arm that failed on bad input (its line is printed)
-    return None if metrics is None else metrics.get("train/loss")  # what a Hydra sweeper optimises
+    # optimized_metric's value, what a Hydra sweeper optimises; None: a sweep arm that failed on bad
+    # input (its line is printed)
+    return run_or_exit(train_for_sweep, cfg)
 
 
 if __name__ == "__main__":

@@ -560,14 +560,27 @@ def test_paths_resolve_from_hydra_runtime(tmp_path, monkeypatch):
 
 
 def test_hparams_search_sweeps_real_keys(composed):
+    """Every hparams_search option sweeps keys that exist in its experiment's config, over values that
+    compose: each value of a list, the bounds of an Optuna interval, a fixed (unswept) override as is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    parser = OverridesParser.create()
     for option in sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml")):
-        cfg = composed("train", ["+experiment=sft", f"hparams_search={option}"])
+        experiment = "+experiment=grpo" if option.startswith("grpo") else "+experiment=sft"
+        cfg = composed("train", [experiment, f"hparams_search={option}"])
         assert cfg.hydra.mode.name == "MULTIRUN"
         params = cfg.hydra.sweeper.params
         assert params, option
+        swept = 0
         for key, values in params.items():
             assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", f"{option} sweeps {key}, not in the config"
-            choices = str(values).split(",")
-            assert len(choices) >= 2
+            override = parser.parse_override(f"{key}={values}")
+            if isinstance(override.value(), IntervalSweep):
+                choices = [str(override.value().start), str(override.value().end)]
+            else:
+                choices = str(values).split(",")
+            swept += len(choices) >= 2
             for v in choices:  # every swept value is a valid override
-                composed("train", ["+experiment=sft", f"{key}={v.strip()}"])
+                composed("train", [experiment, f"{key}={v.strip()}"])
+        assert swept, f"{option} sweeps nothing"

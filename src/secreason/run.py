@@ -75,6 +75,38 @@ def set_threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
+def check_optimized_metric(cfg: DictConfig) -> str | None:
+    """`optimized_metric` (None: the run returns nothing), checked before any work: a val/* metric with
+    the validation loop off would otherwise fail only after the whole run."""
+    key = cfg.get("optimized_metric")
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"optimized_metric={key!r}: must be a logged metric's name, e.g. val/reward/correctness")
+    limit = cfg.trainer.get("limit_val_batches")
+    if key.startswith("val/") and limit is not None and float(limit) == 0:
+        raise ConfigError(f"optimized_metric={key}: logged by the validation loop, which trainer.limit_val_batches="
+                          f"{limit} switches off")
+    return key
+
+
+def optimized_value(key: str | None, metrics: dict[str, float]) -> float | None:
+    """The value of metric `key` the run ended with: what a Hydra sweeper optimises."""
+    if key is None:
+        return None
+    if key not in metrics:
+        raise ConfigError(f"optimized_metric={key}: this run never logged it (it logged: "
+                          f"{', '.join(sorted(metrics)) or 'nothing'})")
+    log.info("optimized_metric %s = %s", key, metrics[key])
+    return metrics[key]
+
+
+def train_for_sweep(cfg: DictConfig) -> float | None:
+    """`train`, returning `optimized_metric`'s last value (`python train.py`'s return, what sweepers read)."""
+    key = check_optimized_metric(cfg)  # before any work
+    return optimized_value(key, train(cfg))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resume_path(cfg.get("ckpt_path"))  # a local, weights-only checkpoint, checked before any work
     make_module = module_factory(cfg)  # settings checked before any weights load

@@ -77,13 +77,17 @@ class PromptDataModule(ResumableDataModule):
                  on_bad_row: str = "error", seed: int = 0, tasks: list[str] | None = None,
                  synth: Mapping[str, Any] | None = None, think_tags=DEFAULT_THINK_TAGS,
                  reward_tasks: Collection[str] | None = None, columns: Mapping[str, str] | None = None,
-                 task: str | None = None) -> None:
+                 task: str | None = None, val_batch_size: int | None = None) -> None:
         super().__init__()
         self.columns, self.task = check_column_map(columns), task
         if task is not None and not isinstance(task, str):
             raise DataError(f"data.task={task!r}: must be a task name (a string) or null")
         if batch_size < 1:
             raise DataError(f"data.batch_size={batch_size} must be ≥ 1")
+        if val_batch_size is not None and val_batch_size < 1:
+            raise DataError(f"data.val_batch_size={val_batch_size} must be ≥ 1 or null")
+        # Validation only generates (no backward, no reference), so it can take far more prompts per call.
+        self.val_batch_size = val_batch_size or batch_size
         self.tokenizer, self.path, self.split, self.test_split = tokenizer, path, split, test_split
         self.batch_size, self.max_prompt_length, self.system_prompt = batch_size, max_prompt_length, system_prompt
         self.on_bad_row, self.seed, self.tasks, self.synth = on_bad_row, seed, tasks, synth
@@ -137,6 +141,16 @@ class PromptDataModule(ResumableDataModule):
 
     def test_rows(self) -> list[dict]:
         return self.load(self.test_split)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The held-out `test_split` prompts for Lightning's validation loop (GRPOModule.validation_step).
+        Read here, not in `setup`: Lightning asks for it only when validation is on
+        (`trainer.limit_val_batches` > 0), so a run without it never needs the split."""
+        items, dropped = encode_prompts(self.tokenizer, self.test_rows(), self.system_prompt, self.max_prompt_length)
+        if dropped:
+            log.warning("dropped %d held-out prompts longer than data.max_prompt_length=%d", dropped,
+                        self.max_prompt_length)
+        return DataLoader(items, batch_size=self.val_batch_size, shuffle=False, collate_fn=collate_prompts) if items else []
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.make_sampler(len(self.train_items), drop_last=True)

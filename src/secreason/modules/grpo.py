@@ -43,6 +43,7 @@ import lightning as L
 import torch
 
 from secreason.algos import StepNorm, overlong_adjust, truncated_is_weights
+from secreason.heldout import log_validation
 from secreason.modules.logprobs import completion_logprobs
 from secreason.modules.grpo_settings import check_settings
 from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
@@ -135,7 +136,8 @@ class GRPOModule(L.LightningModule):
                  optim: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
                  think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True,
                  padding_free: bool = False, policy_loss: Mapping[str, Any] | None = None,
-                 dynamic_sampling: Mapping[str, Any] | None = None, async_rollouts: int = 0) -> None:
+                 dynamic_sampling: Mapping[str, Any] | None = None, async_rollouts: int = 0,
+                 val: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         checked = self.check_settings(**{k: v for k, v in locals().items() if k != "self"})
         self.automatic_optimization = not self.STEPS_OPTIMIZER_BY_HAND
@@ -146,6 +148,7 @@ class GRPOModule(L.LightningModule):
         self.policy_loss = checked["policy_loss"]  # the policy_loss group's fn, its clip range bound
         # Read by the sampler callback (callbacks/sampler.py), which draws and generates the rollouts.
         self.refill_max_rounds, self.async_rollouts = checked["max_rounds"], async_rollouts
+        self.val = checked["val"]  # held-out generation settings of validation_step
 
         self.model, self.tokenizer, self.reward_set = model, tokenizer, reward_set
         if ref_model is None and self.beta > 0 and not hasattr(model, "disable_adapter"):
@@ -267,6 +270,10 @@ class GRPOModule(L.LightningModule):
             sched.step()
         metrics["train/lr"] = opt.param_groups[0]["lr"]
         self._log_metrics(metrics, counts, rollout.num_completions, len(batch["rows"]))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Held-out prompts (`data.test_split`) in Lightning's validation loop: `val/reward/correctness`, …"""
+        log_validation(self, batch, batch_idx, **self.val)
 
     def _across_ranks(self, local: StepNorm, num_micro: int) -> tuple[StepNorm, int]:
         """The step's StepNorm over all ranks and the most micro-batches any rank has (one gather).

@@ -94,12 +94,20 @@ def check_settings(s: dict[str, Any]) -> dict[str, Any]:
     require(not (s["async_rollouts"] and max_rounds), "algorithm.async_rollouts", s["async_rollouts"],
             "cannot be combined with algorithm.dynamic_sampling.max_rounds > 0 (refill judges rewards "
             "before the batch trains; the rollouts ahead are drawn before that)")
+    val = {"temperature": 0.0, "samples": 1, "seed": 0, **dict(s["val"] or {})}
+    number(val["temperature"], "algorithm.val.temperature")
+    number(val["samples"], "algorithm.val.samples", integer=True)
+    number(val["seed"], "algorithm.val.seed", integer=True)
+    require(val["temperature"] >= 0, "algorithm.val.temperature", val["temperature"], "must be ≥ 0 (0 = greedy)")
+    require(val["samples"] >= 1, "algorithm.val.samples", val["samples"], "must be ≥ 1")
+    require(val["samples"] == 1 or val["temperature"] > 0, "algorithm.val.samples", val["samples"],
+            "must be 1 when algorithm.val.temperature=0 (greedy completions of a prompt are all the same)")
     beta = float(kl.get("beta", 0.02))
     require(beta >= 0, "algorithm.kl.beta", beta, "must be ≥ 0")
     OVERLONG_MODES.get(overlong.get("mode", "none"))  # an unknown mode fails now, not at step 1
     return {"beta": beta, "kl_fn": KL_ESTIMATORS.get(kl.get("estimator", "k3")), "overlong": overlong,
             "loss_agg": LOSS_AGG.get(s["loss_agg"]), "advantage_fn": ADVANTAGES.get(advantage["name"]),
-            "adv_eps": float(advantage.get("eps", 1e-6)), "max_rounds": int(max_rounds),
+            "adv_eps": float(advantage.get("eps", 1e-6)), "max_rounds": int(max_rounds), "val": val,
             "policy_loss": policy_loss_fn(s["policy_loss"], s["clip_eps_low"], s["clip_eps_high"]),
             # checked now, built in configure_optimizers
             "make_optimizer": optimizer_factory(**(s["optim"] or {})),
