@@ -89,8 +89,12 @@ def stand_in_trainer(step: int = 3) -> SimpleNamespace:
 def test_push_to_hub_uploads_the_export_with_its_card(tiny_model, tokenizer, tmp_path, monkeypatch, push):
     import huggingface_hub
 
+    from hydra.core.hydra_config import HydraConfig
+
     FakeHub.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    # outside train.py: a Hydra config left set by an earlier test's compose must not be read as this run's
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     kw = {"push_to_hub": True, "hub_repo_id": "my-org/secreason-grpo"} if push else {}
     callback = HFExport(str(tmp_path / "hf_model"), **kw)
     callback.on_train_end(stand_in_trainer(), GRPOModule(tiny_model, tokenizer))
