@@ -40,6 +40,8 @@ def apply_lever(lever: str | None, option: int, pl_module, sampler, threads: int
         sampler.engine_threads = 1 if first else threads
     elif lever == "share_prompts":
         pl_module.share_prompts = first
+    elif lever == "selective_logprobs":
+        pl_module.selective_logprobs = not first
     elif lever is not None:
         raise ValueError(f"unknown lever {lever!r}")
 

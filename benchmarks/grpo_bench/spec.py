@@ -36,6 +36,10 @@ AB_LEVERS = [
     # the 4 completions of a prompt reuse one forward of its 48 prompt tokens in the reference and policy passes
     ("one forward per distinct prompt (algorithm.share_prompts)", "vllm", "bf16", "share_prompts",
      ["shared (default)", "prompt per row"]),
+    # logits[id] − logsumexp instead of gathering from a full-vocabulary log_softmax (same values, one [N, T, V]
+    # tensor less); the small model's vocabulary is 512, so the saving here is a floor
+    ("selective log-softmax (algorithm.selective_logprobs)", "vllm", "bf16", "selective_logprobs",
+     ["log_softmax (default)", "selective"]),
 ]
 
 

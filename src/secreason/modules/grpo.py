@@ -137,7 +137,7 @@ class GRPOModule(L.LightningModule):
                  think_tags: tuple[str, str] = DEFAULT_THINK_TAGS, share_prompts: bool = True,
                  padding_free: bool = False, policy_loss: Mapping[str, Any] | None = None,
                  dynamic_sampling: Mapping[str, Any] | None = None, async_rollouts: int = 0,
-                 val: Mapping[str, Any] | None = None) -> None:
+                 val: Mapping[str, Any] | None = None, selective_logprobs: bool = False) -> None:
         super().__init__()
         checked = self.check_settings(**{k: v for k, v in locals().items() if k != "self"})
         self.automatic_optimization = not self.STEPS_OPTIMIZER_BY_HAND
@@ -165,6 +165,7 @@ class GRPOModule(L.LightningModule):
         self.filter_zero_std, self.filter_zero_std_on = filter_zero_std_groups, filter_zero_std_on
         self.max_len, self.temperature, self.max_grad_norm = max_completion_length, temperature, max_grad_norm
         self.think_tags, self.share_prompts, self.padding_free = tuple(think_tags), share_prompts, padding_free
+        self.selective_logprobs = selective_logprobs  # logits[id] − logsumexp: no [N, T, V] log_softmax
 
     # -- the policy under LoRA doubles as the reference (adapters off): no second copy --------------
     def reference_logprobs(self, r: Rollout) -> torch.Tensor:
@@ -194,7 +195,8 @@ class GRPOModule(L.LightningModule):
         # (each call gathers parameters); a shared prompt makes that 1 or 2 calls, so it is off there.
         share = self.share_prompts and not self._sharded()
         return completion_logprobs(model, *self._tensors(r), self.temperature, with_entropy=with_entropy,
-                                   share_prompts=share, padding_free=self.padding_free)
+                                   share_prompts=share, padding_free=self.padding_free,
+                                   selective=self.selective_logprobs)
 
     def _sharded(self) -> bool:
         """True under FSDP: the policy's parameters are sharded over ranks."""

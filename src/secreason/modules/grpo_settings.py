@@ -64,7 +64,7 @@ def check_settings(s: dict[str, Any]) -> dict[str, Any]:
         number(s[name], named(name))
     for name in ("is_cap", "max_grad_norm"):
         number(s[name], named(name), nullable=True)
-    for name in ("filter_zero_std_groups", "share_prompts", "padding_free"):
+    for name in ("filter_zero_std_groups", "share_prompts", "padding_free", "selective_logprobs"):
         if not isinstance(s[name], bool):
             raise ConfigError(f"{named(name)}={s[name]!r}: must be true or false")
     kl = dict(s["kl"] or {})

@@ -8,8 +8,8 @@ from secreason.packing import flatten_rows, supports_padding_free
 
 def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                         completion_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0,
-                        with_entropy: bool = False, share_prompts: bool = False, padding_free: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        with_entropy: bool = False, share_prompts: bool = False, padding_free: bool = False,
+                        selective: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(completion token | prefix) for every completion position.
 
     prompt_ids/prompt_mask [N, P] (left-padded), completion_ids/completion_mask [N, T]
@@ -27,6 +27,9 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt
     on padding, same values and gradients. It takes the place of share_prompts (a shared prompt
     would need a tree mask that position ids cannot express); a model whose attention cannot split
     packed rows falls back to the paths above.
+
+    selective: the logprobs from logits[id] − logsumexp (`selected_logprobs`) instead of gathering
+    from a full-vocabulary log_softmax; same values and gradients, one [N, T, V] tensor less.
     """
     p, t = prompt_ids.shape[1], completion_ids.shape[1]
     logits = None
@@ -40,6 +43,9 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt
         logits = model(input_ids=input_ids, attention_mask=attn, position_ids=_positions(attn), use_cache=False,
                        **_last_logits(model, t + 1)).logits
         logits = logits[:, -(t + 1):-1]  # positions p − 1 … p + t − 2 predict the completion
+    if selective:
+        logp, entropy = selected_logprobs(logits, completion_ids, temperature, with_entropy)
+        return logp * completion_mask, None if entropy is None else entropy * completion_mask
     logits = logits.float()
     if temperature not in (0, 1):
         logits = logits / temperature
@@ -49,6 +55,32 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt
     if with_entropy:
         with torch.no_grad():
             entropy = -(logp_all.exp() * logp_all).sum(-1) * completion_mask
+    return logp, entropy
+
+
+def selected_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
+                      with_entropy: bool = False, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / temperature) at `ids`, without the [N, T, V] log-softmax tensor.
+
+    logits [N, T, V] (any float dtype), ids [N, T] → logprobs [N, T] float32 and, if asked, the
+    entropy [N, T] (float32, detached). logprob = z[id] − logsumexp(z) with z = logits / temperature
+    in float32: the same value and gradient (onehot − softmax) as gathering from log_softmax, but
+    only the float32 logits are kept for backward, not a second [N, T, V] tensor (a 128k
+    vocabulary makes each one the step's largest). The entropy, lse − Σ softmax(z)·z, is computed
+    `chunk` positions at a time under no_grad, so its softmax never exists for the whole batch.
+    """
+    z = logits.float()
+    if temperature not in (0, 1):
+        z = z / temperature
+    lse = z.logsumexp(-1)
+    logp = z.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            flat, flat_lse = z.detach().flatten(0, -2), lse.detach().flatten()
+            parts = [flat_lse[i: i + chunk] - (flat[i: i + chunk].softmax(-1) * flat[i: i + chunk]).sum(-1)
+                     for i in range(0, flat.shape[0], chunk)]
+            entropy = torch.cat(parts).view_as(lse) if parts else lse.clone()
     return logp, entropy
 
 
