@@ -163,8 +163,8 @@ def figure(arms: list[Arm], png: Path, window: int = END_WINDOW) -> Path:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(4, len(arms)), fontsize=8,
-               bbox_to_anchor=(0.5, 1.0))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(3, len(arms)),
+               fontsize=8)
     return save_png(fig, png)
 
 
