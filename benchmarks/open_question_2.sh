@@ -9,13 +9,16 @@
 #
 # 1. SFT: +experiment=hack_sft (the CWE restate task, 10% empty thinks, stopped partly right), seed 0.
 #    Every GRPO arm and seed starts from this one checkpoint, so seeds vary the GRPO run only.
-# 2. GRPO, +experiment=hack_grpo (answer-only reward, n=5, beta 0.02), three multiruns side by side
-#    (one thread each, ~equal work), each `python train.py -m ...` into OUT/<name>:
-#    penalty: loss_agg=sample_mean format_penalty=none,think_quality  (naive GRPO vs the report's fix)
-#    agg:     loss_agg=token_mean,seq_sum_norm format_penalty=none    (no length bias, no penalty)
-#    kl:      loss_agg=sample_mean format_penalty=none algorithm.kl.beta=0.2  (a 10x KL anchor, no penalty)
-#    FULL=1 replaces penalty+agg by the issue's one command:
-#    loss_agg=sample_mean,token_mean,seq_sum_norm format_penalty=none,think_quality
+# 2. GRPO, +experiment=hack_grpo (answer-only reward, n=5, beta 0.02): one multirun per arm over the
+#    seeds, all side by side (one thread each: on a shared 2-core host the arms' wall time overlaps),
+#    each `python train.py -m ... seed=0,1,2` into OUT/<arm>:
+#    none:          loss_agg=sample_mean format_penalty=none          (the report's naive GRPO)
+#    think_quality: loss_agg=sample_mean format_penalty=think_quality (the report's engineered fix)
+#    token_mean:    loss_agg=token_mean format_penalty=none           (DAPO's aggregation, no penalty)
+#    seq_sum_norm:  loss_agg=seq_sum_norm format_penalty=none         (Dr. GRPO's aggregation, no penalty)
+#    kl:            loss_agg=sample_mean format_penalty=none algorithm.kl.beta=0.2  (a 10x KL anchor)
+#    FULL=1 replaces the first four by the issue's one command (adds the penalty to token_mean and
+#    seq_sum_norm): python train.py -m ... loss_agg=sample_mean,token_mean,seq_sum_norm format_penalty=none,think_quality
 # 3. python -m secreason.sweep_report OUT: OUT/sweep_report.md and OUT/sweep_report.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,8 +43,10 @@ pids=()
 if [ -n "${FULL:-}" ]; then
   multirun grid loss_agg=sample_mean,token_mean,seq_sum_norm format_penalty=none,think_quality
 else
-  multirun penalty loss_agg=sample_mean format_penalty=none,think_quality
-  multirun agg loss_agg=token_mean,seq_sum_norm format_penalty=none
+  multirun none loss_agg=sample_mean format_penalty=none
+  multirun think_quality loss_agg=sample_mean format_penalty=think_quality
+  multirun token_mean loss_agg=token_mean format_penalty=none
+  multirun seq_sum_norm loss_agg=seq_sum_norm format_penalty=none
 fi
 multirun kl loss_agg=sample_mean format_penalty=none algorithm.kl.beta=0.2
 failed=0
