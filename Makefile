@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # transformers' imports, so every install that may bring them back ends with this.
 DROP_TORCH_EXTRAS := -$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
 
-.PHONY: venv test test-fast demo demo-sft demo-grpo bench clean
+.PHONY: venv test test-fast demo demo-sft demo-grpo bench oq2 clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/grpo_step.py
+
+# The report's open question 2 as a seeded sweep (docs/open-question-2.md): logs/oq2/<time>/sweep_report.{md,png}
+oq2: venv
+	PYTHON=$(BIN)/python benchmarks/open_question_2.sh
 
 clean:
 	rm -rf $(VENV) .cache logs outputs multirun

@@ -62,9 +62,20 @@ def demo_curves(runs: Mapping[str, Path], png: Path, panels=DEMO_PANELS, window:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend()
+    return save_png(fig, png)
+
+
+def save_png(fig, png: Path) -> Path:
+    """Save `fig` as `png` atomically (temp file + os.replace: a killed run never leaves half a
+    PNG) and close it. Returns the path."""
+    import matplotlib.pyplot as plt
+
+    png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp")  # a killed run never leaves half a PNG
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     os.replace(tmp, png)
     return png
