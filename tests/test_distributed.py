@@ -66,7 +66,7 @@ GRPO_CASES = {
     # rank 1's groups are all zero-variance at batches 0 and 2 (it trains on nothing there), and
     # no rank keeps a group at batch 3 (no update anywhere)
     "filter": dict(loss_agg="token_mean", kl={"beta": 0.05, "estimator": "k3"}, micro_batch_size=2,
-                   filter_zero_std_groups=True, optim={"name": "sgd", "lr": 1.0}, max_grad_norm=1.0),
+                   filter_zero_std_groups=True, filter_zero_std_on="total", optim={"name": "sgd", "lr": 1.0}, max_grad_norm=1.0),
 }
 STEPS = {"sgd": 3, "clip": 6, "filter": 3}  # optimizer steps of each case
 SFT_CASE = dict(optim={"name": "sgd", "lr": 0.5}, scheduler={"name": "constant"})

@@ -25,6 +25,11 @@ def test_lightning_detects_slurm_and_takes_the_ranks_from_it(strategy, compose_t
         monkeypatch.setenv(key, value)
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
         monkeypatch.delenv(key, raising=False)
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    # The trainer sets the process-wide rank_zero_only.rank to this fake task's 3; restored after the test,
+    # or every later test's loggers would stay silent.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     cfg = compose_train("+experiment=grpo", f"trainer={strategy}", "trainer.devices=2", "trainer.num_nodes=2")
     trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path))
     env = trainer.strategy.cluster_environment
