@@ -25,6 +25,9 @@ MAIN_VARIANTS = [
     ("ours vllm bf16, engine fp32", "vllm", "bf16", {"sampler_dtype": "float32"}),
     ("ours vllm bf16", "vllm", "bf16", {}),
     ("ours vllm bf16, compiled engine", "vllm", "bf16", {"enforce_eager": False}),
+    # one-step off-policy: the next batch generates (in a thread, half the cores) while this one trains;
+    # the same tokens per step, one optimizer step stale (rollout/staleness), corrected by truncated IS
+    ("ours vllm bf16, async", "vllm", "bf16", {"async_rollouts": 1}),
 ]
 # The levers, each one run of ours that switches a public setting step by step (A B A B …):
 # (name, system, precision, lever, option labels); the first option is the project's default.
