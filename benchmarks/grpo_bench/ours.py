@@ -120,8 +120,9 @@ def overrides(spec: dict, events_path: Path, records_path: Path) -> list[str]:
     ]
     if spec.get("sampler_dtype"):
         out.append(f"sampler.dtype={spec['sampler_dtype']}")
-    if spec.get("async_rollouts"):
-        out += [f"algorithm.async_rollouts={int(spec['async_rollouts'])}", "algorithm.is_cap=2.0"]
+    for key in ("async_rollouts", "is_cap"):
+        if key in spec:
+            out.append(f"algorithm.{key}={spec[key]}")
     if "enforce_eager" in spec:
         out.append(f"sampler.enforce_eager={str(spec['enforce_eager']).lower()}")
     return out

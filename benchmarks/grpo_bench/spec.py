@@ -14,7 +14,8 @@ MODELS = {"tiny": {"size": "tiny", "max_tokens": 64}, "small": {"size": "small",
 
 # The comparison: (name, system, precision, extra); extra keys: sampler_dtype (vLLM engine dtype; default
 # "auto" = the trainer's compute dtype, so bf16 under bf16-mixed), enforce_eager (false: vLLM compiles its
-# model with torch.compile at engine start; the compiled graph is cached under ~/.cache/vllm).
+# model with torch.compile at engine start; the compiled graph is cached under ~/.cache/vllm), async_rollouts
+# and is_cap (the `algorithm.` keys of the same names).
 MAIN_VARIANTS = [
     ("trl fp32", "trl", "fp32", {}),
     ("trl bf16", "trl", "bf16", {}),
@@ -27,7 +28,7 @@ MAIN_VARIANTS = [
     ("ours vllm bf16, compiled engine", "vllm", "bf16", {"enforce_eager": False}),
     # one-step off-policy: the next batch generates (in a thread, half the cores) while this one trains;
     # the same tokens per step, one optimizer step stale (rollout/staleness), corrected by truncated IS
-    ("ours vllm bf16, async", "vllm", "bf16", {"async_rollouts": 1}),
+    ("ours vllm bf16, async", "vllm", "bf16", {"async_rollouts": 1, "is_cap": 2.0}),
 ]
 # The levers, each one run of ours that switches a public setting step by step (A B A B …):
 # (name, system, precision, lever, option labels); the first option is the project's default.
