@@ -144,8 +144,9 @@ def lora_enabled(lora: Mapping[str, Any] | None) -> bool:
 def load_causal_lm(path: str, dtype: str = "float32", attn_implementation: str | None = "sdpa",
                    gradient_checkpointing: bool = False, quantization: str | None = None,
                    lora: Mapping[str, Any] | None = None, trust_remote_code: bool = False,
-                   device: str | torch.device | None = None):
-    """The policy as an HF model, wrapped by peft when `lora.r > 0`.
+                   device: str | torch.device | None = None, compile: bool = False):
+    """The policy as an HF model, wrapped by peft when `lora.r > 0`, compiled when `compile`
+    (`compile_model`).
 
     quantization="nf4" loads 4-bit NF4 weights with bitsandbytes (QLoRA) and needs LoRA: a 4-bit
     base cannot be trained on its own. `device`: where the weights go (None: left on the CPU for
@@ -183,7 +184,43 @@ def load_causal_lm(path: str, dtype: str = "float32", attn_implementation: str |
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_enabled(lora):
         model = wrap_lora(model, lora)
+    return compile_model(model) if check_compile_flag(compile) else model
+
+
+def check_compile_flag(value: Any) -> bool:
+    """model.compile as a bool; anything else (a string, a mode name) is one clear error."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"model.compile={value!r}: must be true or false")
+    return value
+
+
+def compile_model(model):
+    """`torch.compile` the model's forward in place (`nn.Module.compile`), so parameter names and
+    state_dict keys stay as they are: checkpoints, the vLLM weight push and the HF export see the
+    same model. Lazy: the first forward of each new input signature compiles (the small model's
+    first GRPO step takes about a minute longer on 2 CPU cores: benchmarks/RESULTS.md); new lengths
+    after the first recompile run one shape-dynamic graph. Gains come from fusing the layers'
+    elementwise work, so they grow with tokens per step, not with parameters.
+
+    Not supported: FSDP (secreason.run refuses the combination; wrapping after compiling breaks the
+    compiled graph's view of the parameters). `copy.deepcopy` drops the compiled forward; use
+    `frozen_copy` for a compiled reference."""
+    log.info("model.compile=true: the forward compiles on its first calls (minutes on CPU)")
+    model.compile()
     return model
+
+
+def is_compiled(model) -> bool:
+    return getattr(model, "_compiled_call_impl", None) is not None
+
+
+def frozen_copy(model):
+    """A frozen eval-mode copy of `model` (GRPO's reference), compiled when `model` is: a deepcopy
+    of a compiled module runs eager (torch drops the compiled forward when copying)."""
+    import copy
+
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    return compile_model(ref) if is_compiled(model) else ref
 
 
 def wrap_lora(model, lora: Mapping[str, Any]):

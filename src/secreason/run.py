@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from secreason.errors import ConfigError
 from secreason.checkpoints import resume_path
-from secreason.models import load_causal_lm, load_tokenizer, resolve_model_path
+from secreason.models import check_compile_flag, load_causal_lm, load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,20 @@ def build_model(cfg: DictConfig):
     model = load_causal_lm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
                            gradient_checkpointing=cfg.model.gradient_checkpointing,
                            quantization=cfg.model.get("quantization"), lora=lora,
-                           trust_remote_code=cfg.model.get("trust_remote_code", False))
+                           trust_remote_code=cfg.model.get("trust_remote_code", False),
+                           compile=check_compile(cfg))
     return path, model, tokenizer
+
+
+def check_compile(cfg: DictConfig) -> bool:
+    """model.compile, refused under FSDP: the strategy wraps the policy's layers after it was compiled."""
+    enabled = check_compile_flag(cfg.model.get("compile", False))
+    strategy = cfg.get("trainer", {}).get("strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    if enabled and "fsdp" in name.lower():
+        raise ConfigError(f"model.compile=true is not supported with trainer.strategy={name}; "
+                          "set model.compile=false (or use DDP)")
+    return enabled
 
 
 def module_factory(cfg: DictConfig) -> functools.partial:

@@ -34,7 +34,6 @@ format penalty inside the reward. Deviations and choices it does not state:
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from typing import Any, Mapping
@@ -44,6 +43,7 @@ import torch
 
 from secreason.algos import StepNorm, overlong_adjust, truncated_is_weights
 from secreason.heldout import log_validation
+from secreason.models import frozen_copy
 from secreason.modules.logprobs import completion_logprobs
 from secreason.modules.grpo_settings import check_settings
 from secreason.modules.rank_metrics import TOKEN_STATS, combine_ranks, rank_entries
@@ -152,7 +152,7 @@ class GRPOModule(L.LightningModule):
 
         self.model, self.tokenizer, self.reward_set = model, tokenizer, reward_set
         if ref_model is None and self.beta > 0 and not hasattr(model, "disable_adapter"):
-            ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the starting (SFT) policy
+            ref_model = frozen_copy(model)  # the starting (SFT) policy, compiled if the policy is
         # Kept out of the module tree: the reference is rebuilt from model.path on resume, so it
         # must not double the checkpoint size (nor trip Lightning's eval-mode warning). Under LoRA
         # there is none: the policy with its adapters off is the reference.
