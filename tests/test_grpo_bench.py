@@ -84,28 +84,30 @@ def test_summary_pools_the_timed_steps_and_keeps_each_runs_median():
     extra = [{"tokens": 2048, "others_cpu": c, "logprob_diff_mean": d} for c, d in ((0.1, 1e-3), (0.2, 2e-3),
                                                                                     (0.3, 3e-3))]
     runs = [{"steps": [step(100.0), step(2.0, **extra[0]), step(4.0, **extra[1])],  # warm-up step dropped
-             "meta": {"peak_rss_bytes": 3 * 2 ** 29}},
-            {"steps": [step(100.0), step(5.0, **extra[2])], "meta": {"peak_rss_bytes": 2 ** 30}}]
+             "meta": {"peak_rss_bytes": 3 * 2 ** 29}, "wall": 150.0},
+            {"steps": [step(100.0), step(5.0, **extra[2])], "meta": {"peak_rss_bytes": 2 ** 30}, "wall": 125.0}]
     s = report.summarize(runs, warmup=1)
     # timed totals 2, 4, 5: median 4, mean 11/3; run medians 3 and 5, the best 3
     assert s["n_steps"] == 3 and s["total"] == pytest.approx({"mean": 11 / 3, "median": 4.0})
     assert s["run_medians"] == [3.0, 5.0] and s["best_run"] == 3.0
     assert s["generate"]["median"] == 2.0 and s["fwd_bwd"]["median"] == 1.0
     assert s["others_cpu"] == pytest.approx(0.2) and s["tokens"] == 2048
+    # outside the timed steps: 150 − (2 + 4) = 144 and 125 − 5 = 120, median 132
+    assert s["fixed_s"] == pytest.approx(132.0)
 
     rows = report.table([("ours vllm bf16", {"summary": s}), ("trl fp32", {"error": "exit 1: boom"}),
                          ("trl bf16", {"skipped": "ModuleNotFoundError: No module named 'trl'"})])
     assert rows[0].startswith("| system | step: median (s) | best run's median | mean | generate |")
-    assert rows[0].endswith("| logprob diff | peak RSS (GiB) |")
-    assert rows[1] == "|" + "---|" * 16
+    assert rows[0].endswith("| logprob diff | peak RSS (GiB) | start-up + warm-up (s) |")
+    assert rows[1] == "|" + "---|" * 17
     # peak RSS: the larger of the runs' peaks, 1.5 GiB and 1 GiB
     assert rows[2] == ("| ours vllm bf16 | **4.00** | 3.00 | 3.67 | 2.00 | 0.00 | 0.00 | 1.00 | 0.00 | 0.00 "
-                       "| 1.00 | 3.00 / 5.00 | 2048 | 20% | 2.0e-03 | 1.50 |")
-    assert rows[3] == "| trl fp32 | failed: exit 1: boom |" + " |" * 14
-    assert rows[4] == "| trl bf16 | skipped: ModuleNotFoundError: No module named 'trl' |" + " |" * 14
-    assert all(r.count("|") == 17 for r in rows), "every row has the header's 16 cells"
+                       "| 1.00 | 3.00 / 5.00 | 2048 | 20% | 2.0e-03 | 1.50 | 132 |")
+    assert rows[3] == "| trl fp32 | failed: exit 1: boom |" + " |" * 15
+    assert rows[4] == "| trl bf16 | skipped: ModuleNotFoundError: No module named 'trl' |" + " |" * 15
+    assert all(r.count("|") == 18 for r in rows), "every row has the header's 17 cells"
     no_meta = report.table([("x", {"summary": report.summarize([{"steps": [step(1.0), step(2.0)]}], warmup=1)})])
-    assert no_meta[2].endswith("| — |")  # runs from before peak RSS was recorded
+    assert no_meta[2].endswith("| — | — |")  # runs from before peak RSS and the run's wall were recorded
 
 
 def test_a_worker_records_its_peak_rss():
@@ -200,3 +202,48 @@ def test_the_overrides_compose_and_the_profiler_records_events(tmp_path):
     events = json.loads(events_path.read_text())
     assert [e[0] for e in events] == [REC_START, "grpo/generate", "run_training_batch", HF_END]
     assert len(steps_from_events(events)) == 1
+
+
+def test_variant_and_lever_settings_become_their_public_keys(tmp_path):
+    """A variant's extra keys (spec.MAIN_VARIANTS) and a lever's needs (ours.LEVER_SETTINGS) reach the config."""
+    from hydra import compose, initialize_config_dir
+
+    from grpo_bench import ours
+    from grpo_bench.spec import MAIN_VARIANTS
+
+    spec = {"size": "tiny", "system": "vllm", "max_tokens": 64, "warmup": 1, "steps": 2, "precision": "bf16",
+            "prompts_dir": str(tmp_path), "out_dir": str(tmp_path / "out")}
+    extra = {name: x for name, _, _, x in MAIN_VARIANTS}["ours vllm bf16, compiled, async"]
+
+    def composed(**more):
+        ov = ours.overrides({**spec, **more}, tmp_path / "events.json", tmp_path / "records.json")
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return compose(config_name="train", overrides=ov)
+
+    cfg = composed(**extra)
+    assert cfg.model.compile is True and cfg.sampler.enforce_eager is False and cfg.sampler.engine_threads is None
+    assert cfg.algorithm.async_rollouts == 1 and cfg.algorithm.is_cap == 2.0
+    plain = composed()
+    assert plain.model.compile is False and plain.sampler.enforce_eager is True and plain.sampler.engine_threads == 1
+    assert composed(lever="compile", options=["eager (default)", "compiled"]).model.compile is True
+
+
+def test_the_compile_lever_switches_both_compiled_forwards():
+    import torch
+
+    from grpo_bench import ours
+
+    class Module:
+        def __init__(self):
+            self.model, self._ref = torch.nn.Linear(2, 2), [torch.nn.Linear(2, 2)]
+            for m in (self.model, *self._ref):
+                m.compile()
+
+    pl = Module()
+    compiled = {m: m._compiled_call_impl for m in (pl.model, *pl._ref)}
+    ours.apply_lever("compile", 0, pl, None, 2)
+    assert all(m._compiled_call_impl is None for m in compiled)  # the default: eager
+    ours.apply_lever("compile", 1, pl, None, 2)
+    assert all(m._compiled_call_impl is c for m, c in compiled.items())
+    with pytest.raises(RuntimeError, match="model.compile=true"):
+        ours.apply_lever("compile", 0, type("Eager", (), {"model": torch.nn.Linear(2, 2), "_ref": []})(), None, 2)

@@ -42,8 +42,21 @@ def apply_lever(lever: str | None, option: int, pl_module, sampler, threads: int
         pl_module.share_prompts = first
     elif lever == "selective_logprobs":
         pl_module.selective_logprobs = not first
+    elif lever == "compile":  # the run has model.compile=true (LEVER_SETTINGS); eager = the compiled forward unset
+        for module, compiled in compiled_forwards(pl_module).items():
+            module._compiled_call_impl = None if first else compiled
     elif lever is not None:
         raise ValueError(f"unknown lever {lever!r}")
+
+
+def compiled_forwards(pl_module) -> dict:
+    """The compiled forwards (nn.Module.compile) of the policy and a separate reference, kept on first use."""
+    if not hasattr(pl_module, "_bench_compiled"):
+        modules = [pl_module.model, *getattr(pl_module, "_ref", [])]
+        pl_module._bench_compiled = {m: m._compiled_call_impl for m in modules}
+        if not all(pl_module._bench_compiled.values()):
+            raise RuntimeError("the compile lever needs a run with model.compile=true")
+    return pl_module._bench_compiled
 
 
 class StepRecorder(L.Callback):
@@ -118,14 +131,23 @@ def overrides(spec: dict, events_path: Path, records_path: Path) -> list[str]:
         f"+callbacks.bench_recorder={{_target_:{target(StepRecorder)},records_path:{_quoted(records_path)},"
         f"lever:{spec.get('lever') or 'null'},n_options:{n_options}}}",
     ]
-    if spec.get("sampler_dtype"):
-        out.append(f"sampler.dtype={spec['sampler_dtype']}")
-    for key in ("async_rollouts", "is_cap"):
-        if key in spec:
-            out.append(f"algorithm.{key}={spec[key]}")
-    if "enforce_eager" in spec:
-        out.append(f"sampler.enforce_eager={str(spec['enforce_eager']).lower()}")
+    spec = {**LEVER_SETTINGS.get(spec.get("lever"), {}), **spec}
+    out += [f"{SPEC_KEYS[key]}={_value(spec[key])}" for key in SPEC_KEYS if key in spec]
     return out
+
+
+# A variant's extra keys (spec.MAIN_VARIANTS) and the public config keys they set.
+SPEC_KEYS = {"sampler_dtype": "sampler.dtype", "enforce_eager": "sampler.enforce_eager",
+             "engine_threads": "sampler.engine_threads", "async_rollouts": "algorithm.async_rollouts",
+             "is_cap": "algorithm.is_cap", "compile": "model.compile"}
+
+
+# What a lever's run needs set to switch it step by step (the compile lever: both forwards compiled).
+LEVER_SETTINGS = {"compile": {"compile": True}}
+
+
+def _value(v) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def merge_records(steps: list[dict], records: list[dict], options: list[str] | None) -> list[dict]:

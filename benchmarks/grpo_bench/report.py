@@ -36,6 +36,9 @@ def summarize(runs: list[dict], warmup: int) -> dict:
     out["run_medians"] = [statistics.median([st["total"] for st in r["steps"][warmup:]]) for r in runs
                           if r["steps"][warmup:]]
     out["best_run"] = min(out["run_medians"]) if out["run_medians"] else None
+    # what a run spends outside its timed steps: imports, model load, engine start, warm-up (compiles: model.compile)
+    fixed = [r["wall"] - sum(st["total"] for st in r["steps"][warmup:]) for r in runs if "wall" in r]
+    out["fixed_s"] = statistics.median(fixed) if fixed else None
     peaks = [r["meta"]["peak_rss_bytes"] for r in runs if "peak_rss_bytes" in r.get("meta", {})]
     out["peak_rss_gib"] = max(peaks) / 2 ** 30 if peaks else None  # the worst run's peak
     return out
@@ -75,18 +78,20 @@ def table(results: list[tuple[str, dict]]) -> list[str]:
     """One row per system: its median step, best run, mean, the phases' medians, and the step fields."""
     lines = ["| system | step: median (s) | best run's median | mean | generate | reward | ref/old logprobs "
              "| fwd+bwd | optim | sync | other | per-run medians | tokens/step | others' CPU | logprob diff "
-             "| peak RSS (GiB) |",
-             "|" + "---|" * 16]
+             "| peak RSS (GiB) | start-up + warm-up (s) |",
+             "|" + "---|" * 17]
     for name, r in results:
         if "summary" not in r:
-            lines.append(_not_run(name, r, 14))
+            lines.append(_not_run(name, r, 15))
             continue
         s = r["summary"]
         diff = f"{s['logprob_diff_mean']:.1e}" if "logprob_diff_mean" in s else "—"
         runs = " / ".join(f"{x:.2f}" for x in s["run_medians"])
         rss = "—" if s.get("peak_rss_gib") is None else f"{s['peak_rss_gib']:.2f}"
+        fixed = "—" if s.get("fixed_s") is None else f"{s['fixed_s']:.0f}"
         lines.append(f"| {name} | **{fmt(s['total'])}** | {s['best_run']:.2f} | {fmt(s['total'], 'mean')} | "
-                     f"{_phase_cells(s)} | {runs} | {s.get('tokens', 0):.0f} | {_others(s)} | {diff} | {rss} |")
+                     f"{_phase_cells(s)} | {runs} | {s.get('tokens', 0):.0f} | {_others(s)} | {diff} | {rss} "
+                     f"| {fixed} |")
     return lines
 
 

@@ -12,10 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMPT_LEN, PROMPTS_PER_STEP, NUM_GENERATIONS = 48, 8, 4
 MODELS = {"tiny": {"size": "tiny", "max_tokens": 64}, "small": {"size": "small", "max_tokens": 256}}
 
-# The comparison: (name, system, precision, extra); extra keys: sampler_dtype (vLLM engine dtype; default
-# "auto" = the trainer's compute dtype, so bf16 under bf16-mixed), enforce_eager (false: vLLM compiles its
-# model with torch.compile at engine start; the compiled graph is cached under ~/.cache/vllm), async_rollouts
-# and is_cap (the `algorithm.` keys of the same names).
+# The comparison: (name, system, precision, extra); extra keys (grpo_bench.ours.SPEC_KEYS): sampler_dtype
+# (vLLM engine dtype; default "auto" = the trainer's compute dtype, so bf16 under bf16-mixed), enforce_eager
+# (false: vLLM compiles its model with torch.compile at engine start; the compiled graph is cached under
+# ~/.cache/vllm), engine_threads (sampler.engine_threads; None = the trainer's count), async_rollouts and
+# is_cap (the `algorithm.` keys of the same names), compile (model.compile: the policy and reference).
 MAIN_VARIANTS = [
     ("trl fp32", "trl", "fp32", {}),
     ("trl bf16", "trl", "bf16", {}),
@@ -29,6 +30,10 @@ MAIN_VARIANTS = [
     # one-step off-policy: the next batch generates (in a thread, half the cores) while this one trains;
     # the same tokens per step, one optimizer step stale (rollout/staleness), corrected by truncated IS
     ("ours vllm bf16, async", "vllm", "bf16", {"async_rollouts": 1, "is_cap": 2.0}),
+    # every speed setting on: the compiled engine at the trainer's thread count, the compiled policy and reference
+    ("ours vllm bf16, compiled", "vllm", "bf16", {"enforce_eager": False, "engine_threads": None, "compile": True}),
+    ("ours vllm bf16, compiled, async", "vllm", "bf16",
+     {"enforce_eager": False, "engine_threads": None, "compile": True, "async_rollouts": 1, "is_cap": 2.0}),
 ]
 # The levers, each one run of ours that switches a public setting step by step (A B A B …):
 # (name, system, precision, lever, option labels); the first option is the project's default.
@@ -44,6 +49,8 @@ AB_LEVERS = [
     # tensor less); the small model's vocabulary is 512, so the saving here is a floor
     ("selective log-softmax (algorithm.selective_logprobs)", "vllm", "bf16", "selective_logprobs",
      ["log_softmax (default)", "selective"]),
+    # torch.compile of the policy and the reference (the run compiles both; eager steps unset the compiled forward)
+    ("compiled policy and reference (model.compile)", "vllm", "bf16", "compile", ["eager (default)", "compiled"]),
 ]
 
 
