@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 class PreviousWeightsSampler(HFSampler):
     """The synchronous reference: batch t's rollouts come from the weights batch t-1 started from
-    (batch 0's from its own), generated in line, no thread."""
+    (batch 0 from the live policy), generated in line, no thread."""
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -31,9 +31,16 @@ class PreviousWeightsSampler(HFSampler):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         current = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+        if self.previous is None:
+            # Batch 0 from the live policy, as the async run generates it in line: torch's matmul takes
+            # another kernel for lm_head's last-position slice when the weight requires grad, so a
+            # frozen copy's logprobs differ in the last bits (~5e-7), which Adam at lr 1e-2 amplifies.
+            batch["rollout"] = self.generate(batch["prompt_ids"], pl_module.num_generations)
+            self.previous = current
+            return
         if self.frozen is None:
             self.frozen = copy.deepcopy(pl_module.model).requires_grad_(False)
-        self.frozen.load_state_dict(self.previous if self.previous is not None else current)
+        self.frozen.load_state_dict(self.previous)
         self.model, live = self.frozen, self.model
         try:
             batch["rollout"] = self.generate(batch["prompt_ids"], pl_module.num_generations)
