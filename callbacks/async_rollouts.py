@@ -19,6 +19,13 @@ Exact resume: a checkpoint waits for the job and stores its rollout (`state`), s
 trains batch t+1 on the very rollout an uninterrupted run does. Caveat: HF sampling seeds torch's
 global generator in the job thread (under fork_rng), so training must not draw from it meanwhile;
 GRPO does not (no dropout), and the equivalence test checks the result bit for bit.
+
+Threads (CPU): while the job runs it has half the cores and the training thread the rest; the
+training thread takes them all back at the first backward hook after the job is done. That point
+depends on timing, so with more than one thread a kernel may run at another thread count than in
+the uninterrupted run: eager bf16 forwards and gradients are bit-identical at 1 and 2 threads on
+the small model, compiled gradients differ by rounding (1.9e-9 in 1 of 74 tensors). At one thread
+per process (the tests) nothing moves.
 """
 from __future__ import annotations
 
@@ -60,7 +67,10 @@ class RolloutAhead:
         self._result, self._error = None, None
         # The cores are split while the job runs: generation and training each at full width would
         # oversubscribe them (OpenMP workers spinning against each other). A new thread's OpenMP team
-        # would otherwise take every core; `wait` gives the training thread its count back.
+        # would otherwise take every core. The training thread takes its count back as soon as the job
+        # is done (`reclaim_threads`, between micro-batches), not at the step's end: generation is the
+        # shorter half, and training on half the cores for the rest of the step made the async step
+        # barely faster than the synchronous one (benchmarks/RESULTS.md).
         self._threads = threads = torch.get_num_threads()
         job_threads = max(1, threads // 2)
         torch.set_num_threads(max(1, threads - job_threads))
@@ -76,6 +86,12 @@ class RolloutAhead:
 
         self._thread = threading.Thread(target=run, name="rollouts-ahead", daemon=True)
         self._thread.start()
+
+    def reclaim_threads(self) -> None:
+        """In the training thread: its full thread count back once the job has finished (OpenMP's
+        thread count is per calling thread, so the job cannot hand it back itself)."""
+        if self._thread is not None and not self._thread.is_alive() and torch.get_num_threads() != self._threads:
+            torch.set_num_threads(self._threads)
 
     def wait(self) -> None:
         """Block until the running job (if any) has finished; its error, if it raised, is raised here."""

@@ -121,6 +121,14 @@ class SamplerCallback(L.Callback, Generator):
             self.ahead.start(lambda p: job.generate(p, n), prompts, index + 1, trainer.global_step)
         return rollout
 
+    # Lightning calls these around each micro-batch's manual_backward: the points where the training
+    # thread takes back the cores of a finished rollouts-ahead job.
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        self.ahead.reclaim_threads()
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.ahead.reclaim_threads()
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if trainer.global_step - self.last_sync_step < self.sync_every:

@@ -157,3 +157,30 @@ def test_train_py_with_vllm_runs_one_step_ahead(run_train):
     assert [float(r["rollout/staleness"]) for r in rows] == [0.0, 1.0, 1.0, 1.0]
     assert all(float(r["rollout/sync_check_diff"]) < 1e-3 for r in rows)
     assert all(float(r["rollout/ahead_generate_s"]) > 0 for r in rows[1:])
+
+
+def test_training_thread_takes_the_job_cores_back_as_soon_as_the_job_is_done():
+    """While the job runs the cores are split (training 1 of 2); once it has finished, the next
+    backward hook gives the training thread both back, not only the step's end."""
+    import threading
+
+    sampler = HFSampler(max_tokens=MAX_TOKENS, seed=0)
+    release, seen = threading.Event(), {}
+
+    def generate(prompt_ids):
+        seen["job_threads"] = torch.get_num_threads()
+        assert release.wait(30)
+        return "the rollout"
+
+    torch.set_num_threads(2)  # the fixture puts the test's count back
+    sampler.ahead.start(generate, [[1, 2]], index=1, step=0)
+    assert torch.get_num_threads() == 1
+    sampler.on_before_backward(None, None, None)
+    assert torch.get_num_threads() == 1  # the job still runs
+    release.set()
+    sampler.ahead._thread.join(30)
+    assert seen["job_threads"] == 1
+    sampler.on_after_backward(None, None)
+    assert torch.get_num_threads() == 2
+    assert sampler.ahead.take(1, [[1, 2]]) == ("the rollout", 0)
+    assert torch.get_num_threads() == 2

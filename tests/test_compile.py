@@ -64,3 +64,25 @@ def test_compile_under_fsdp_is_refused_before_loading(compose_train):
     with pytest.raises(ConfigError, match=r"model\.compile=true .*trainer\.strategy=.*FSDP"):
         check_compile(cfg)
     check_compile(compose_train("+experiment=grpo", "trainer=fsdp"))  # eager FSDP is fine
+
+
+def test_kernels_first_called_on_fewer_threads_still_run_in_parallel():
+    """Inductor shapes a CPU kernel for the caller's thread count at its first call (serial at 1).
+    A compiled policy's first step can run while async rollouts hold half the cores, so the kernels
+    are generated for the count at compile_model time and take the caller's count when they run."""
+    from torch._inductor.utils import run_and_get_code
+
+    from secreason.models import compile_model
+
+    class Elementwise(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.gelu(x * 2 + 1).sum(-1)
+
+    torch._dynamo.reset()
+    torch.set_num_threads(2)  # the fixture puts the test's count back
+    model = compile_model(Elementwise())
+    torch.set_num_threads(1)
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        _, code = run_and_get_code(model, torch.randn(4096, 256))
+    torch._dynamo.reset()
+    assert "#pragma omp parallel\n" in "\n".join(code)

@@ -27,8 +27,8 @@ MAIN_VARIANTS = [
     ("ours vllm bf16, engine fp32", "vllm", "bf16", {"sampler_dtype": "float32"}),
     ("ours vllm bf16", "vllm", "bf16", {}),
     ("ours vllm bf16, compiled engine", "vllm", "bf16", {"enforce_eager": False}),
-    # one-step off-policy: the next batch generates (in a thread, half the cores) while this one trains;
-    # the same tokens per step, one optimizer step stale (rollout/staleness), corrected by truncated IS
+    # one-step off-policy: the next batch generates (in a thread, on half the cores until it is done) while this
+    # one trains; the same tokens per step, one optimizer step stale (rollout/staleness), corrected by truncated IS
     ("ours vllm bf16, async", "vllm", "bf16", {"async_rollouts": 1, "is_cap": 2.0}),
     # every speed setting on: the compiled engine at the trainer's thread count, the compiled policy and reference
     ("ours vllm bf16, compiled", "vllm", "bf16", {"enforce_eager": False, "engine_threads": None, "compile": True}),

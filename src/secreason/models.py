@@ -206,7 +206,11 @@ def compile_model(model):
     compiled graph's view of the parameters). `copy.deepcopy` drops the compiled forward; use
     `frozen_copy` for a compiled reference."""
     log.info("model.compile=true: the forward compiles on its first calls (minutes on CPU)")
-    model.compile()
+    # Inductor's CPU kernels are shaped for the thread count of the thread that first calls them: at 1
+    # thread it emits serial loops, for good. The first call can come while the cores are split
+    # (algorithm.async_rollouts), so the kernels are generated for this count and read the calling
+    # thread's count when they run.
+    model.compile(options={"cpp.threads": torch.get_num_threads(), "cpp.dynamic_threads": True})
     return model
 
 
