@@ -223,6 +223,9 @@ def test_variant_and_lever_settings_become_their_public_keys(tmp_path):
     cfg = composed(**extra)
     assert cfg.model.compile is True and cfg.sampler.enforce_eager is False and cfg.sampler.engine_threads is None
     assert cfg.algorithm.async_rollouts == 1 and cfg.algorithm.is_cap == 2.0
+    assert cfg.algorithm.micro_batch_size == 32  # one micro-batch: the step's 8 prompts × 4 completions
+    small_micro = {name: x for name, _, _, x in MAIN_VARIANTS}["ours vllm bf16, compiled, async, micro-batches of 8"]
+    assert composed(**small_micro).algorithm.micro_batch_size == 8
     plain = composed()
     assert plain.model.compile is False and plain.sampler.enforce_eager is True and plain.sampler.engine_threads == 1
     assert composed(lever="compile", options=["eager (default)", "compiled"]).model.compile is True

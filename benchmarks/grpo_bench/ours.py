@@ -119,7 +119,7 @@ def overrides(spec: dict, events_path: Path, records_path: Path) -> list[str]:
         "+experiment=grpo", f"model={spec['size']}", f"sampler={spec['system']}",
         f"sampler.max_tokens={spec['max_tokens']}", f"++{full_length}={spec['max_tokens']}",
         f"algorithm.num_generations={NUM_GENERATIONS}",
-        f"algorithm.micro_batch_size={PROMPTS_PER_STEP * NUM_GENERATIONS}",
+        f"algorithm.micro_batch_size={spec.get('micro_batch_size') or PROMPTS_PER_STEP * NUM_GENERATIONS}",
         f"data.batch_size={PROMPTS_PER_STEP}", f"data.path={_quoted(Path(spec['prompts_dir']))}", "data.tasks=null",
         f"trainer.precision={'bf16-mixed' if spec['precision'] == 'bf16' else '32-true'}",
         f"trainer.max_steps={total}", "trainer.max_epochs=1000", "trainer.enable_progress_bar=false",

@@ -16,7 +16,8 @@ MODELS = {"tiny": {"size": "tiny", "max_tokens": 64}, "small": {"size": "small",
 # (vLLM engine dtype; default "auto" = the trainer's compute dtype, so bf16 under bf16-mixed), enforce_eager
 # (false: vLLM compiles its model with torch.compile at engine start; the compiled graph is cached under
 # ~/.cache/vllm), engine_threads (sampler.engine_threads; None = the trainer's count), async_rollouts and
-# is_cap (the `algorithm.` keys of the same names), compile (model.compile: the policy and reference).
+# is_cap (the `algorithm.` keys of the same names), compile (model.compile: the policy and reference),
+# micro_batch_size (algorithm.micro_batch_size; default: the whole step's 32 completions in one).
 MAIN_VARIANTS = [
     ("trl fp32", "trl", "fp32", {}),
     ("trl bf16", "trl", "bf16", {}),
@@ -34,6 +35,11 @@ MAIN_VARIANTS = [
     ("ours vllm bf16, compiled", "vllm", "bf16", {"enforce_eager": False, "engine_threads": None, "compile": True}),
     ("ours vllm bf16, compiled, async", "vllm", "bf16",
      {"enforce_eager": False, "engine_threads": None, "compile": True, "async_rollouts": 1, "is_cap": 2.0}),
+    # the same with micro-batches of 8 completions (4 per step, not 1): the training thread takes the job's
+    # cores back at the backward hooks, so more micro-batches give it the cores back sooner after the job ends
+    ("ours vllm bf16, compiled, async, micro-batches of 8", "vllm", "bf16",
+     {"enforce_eager": False, "engine_threads": None, "compile": True, "async_rollouts": 1, "is_cap": 2.0,
+      "micro_batch_size": 8}),
 ]
 # The levers, each one run of ours that switches a public setting step by step (A B A B …):
 # (name, system, precision, lever, option labels); the first option is the project's default.
