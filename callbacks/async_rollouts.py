@@ -97,8 +97,8 @@ class RolloutAhead:
         """Block until the running job (if any) has finished; its error, if it raised, is raised here."""
         if self._thread is not None:
             self._thread.join()
+            self.reclaim_threads()
             self._thread = None
-            torch.set_num_threads(self._threads)
         if self._error is not None:
             error, self._error, self.index = self._error, None, None
             raise error

@@ -119,7 +119,6 @@ def overrides(spec: dict, events_path: Path, records_path: Path) -> list[str]:
         "+experiment=grpo", f"model={spec['size']}", f"sampler={spec['system']}",
         f"sampler.max_tokens={spec['max_tokens']}", f"++{full_length}={spec['max_tokens']}",
         f"algorithm.num_generations={NUM_GENERATIONS}",
-        f"algorithm.micro_batch_size={spec.get('micro_batch_size') or PROMPTS_PER_STEP * NUM_GENERATIONS}",
         f"data.batch_size={PROMPTS_PER_STEP}", f"data.path={_quoted(Path(spec['prompts_dir']))}", "data.tasks=null",
         f"trainer.precision={'bf16-mixed' if spec['precision'] == 'bf16' else '32-true'}",
         f"trainer.max_steps={total}", "trainer.max_epochs=1000", "trainer.enable_progress_bar=false",
@@ -131,7 +130,7 @@ def overrides(spec: dict, events_path: Path, records_path: Path) -> list[str]:
         f"+callbacks.bench_recorder={{_target_:{target(StepRecorder)},records_path:{_quoted(records_path)},"
         f"lever:{spec.get('lever') or 'null'},n_options:{n_options}}}",
     ]
-    spec = {**LEVER_SETTINGS.get(spec.get("lever"), {}), **spec}
+    spec = {**SPEC_DEFAULTS, **LEVER_SETTINGS.get(spec.get("lever"), {}), **spec}
     out += [f"{SPEC_KEYS[key]}={_value(spec[key])}" for key in SPEC_KEYS if key in spec]
     return out
 
@@ -139,7 +138,11 @@ def overrides(spec: dict, events_path: Path, records_path: Path) -> list[str]:
 # A variant's extra keys (spec.MAIN_VARIANTS) and the public config keys they set.
 SPEC_KEYS = {"sampler_dtype": "sampler.dtype", "enforce_eager": "sampler.enforce_eager",
              "engine_threads": "sampler.engine_threads", "async_rollouts": "algorithm.async_rollouts",
-             "is_cap": "algorithm.is_cap", "compile": "model.compile"}
+             "is_cap": "algorithm.is_cap", "compile": "model.compile",
+             "micro_batch_size": "algorithm.micro_batch_size"}
+# What a variant gets for a key it does not set, where the benchmark's shape differs from the config's default:
+# the whole step's completions in one micro-batch.
+SPEC_DEFAULTS = {"micro_batch_size": PROMPTS_PER_STEP * NUM_GENERATIONS}
 
 
 # What a lever's run needs set to switch it step by step (the compile lever: both forwards compiled).
