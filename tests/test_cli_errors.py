@@ -135,6 +135,41 @@ def test_a_bug_in_a_sweep_arm_keeps_its_traceback_and_is_named_in_the_summary(sw
     assert "  #1 (a=1): KeyError: no_such_key (traceback above)" in capsys.readouterr().err
 
 
+def optuna_best_trial_of_an_empty_study():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study().best_trial  # what Hydra's Optuna sweeper asks for after the arms
+
+
+def test_a_sweep_whose_every_arm_failed_ends_in_lines_not_the_sweepers_traceback(sweep, capsys):
+    for _ in range(2):
+        assert cli.run_or_exit(raise_(MissingPathError("model.path: no such directory /absent"))) is None
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as ex:
+        with cli.sweep_summary():
+            optuna_best_trial_of_an_empty_study()
+    assert ex.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: 2 of 2 sweep arms failed:", "  #1 (a=1): model.path: no such directory /absent",
+        "  #1 (a=1): model.path: no such directory /absent",
+        "error: no sweep arm returned a result, so the sweeper has none: ValueError: No trials are completed yet."]
+
+
+@pytest.mark.parametrize("case", ["one arm succeeded", "raised by our code", "SECREASON_TRACEBACK"])
+def test_a_sweepers_error_keeps_its_traceback_unless_every_arm_failed_on_bad_input(sweep, monkeypatch, case):
+    assert cli.run_or_exit(raise_(MissingPathError("model.path: no such directory /absent"))) is None
+    if case == "one arm succeeded":
+        assert cli.run_or_exit(lambda: 0.5) == 0.5
+    if case == "SECREASON_TRACEBACK":
+        monkeypatch.setenv("SECREASON_TRACEBACK", "1")
+    failing = raise_(ValueError("No trials are completed yet.")) if case == "raised by our code" \
+        else optuna_best_trial_of_an_empty_study
+    with pytest.raises(ValueError, match="No trials are completed yet"):
+        with cli.sweep_summary():
+            failing()
+
+
 def test_no_failed_arm_no_summary(sweep, capsys):
     with cli.sweep_summary():
         cli.run_or_exit(lambda: None)

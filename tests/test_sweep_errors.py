@@ -51,3 +51,17 @@ def test_the_arms_after_a_bad_one_still_run(run_train, tmp_path):
     assert summary[1].startswith("  #0 (+experiment=grpo trainer.max_steps=1 algorithm.kl.beta=-1 "), out
     assert summary[1].endswith(f"): {BAD_LINE}"), out
     assert (sweep_dir / "1" / "hf_model" / "model.safetensors").is_file(), out
+
+
+def test_an_optuna_sweep_whose_every_trial_fails_ends_in_lines_and_exit_2(run_train, tmp_path):
+    # Optuna's sweeper asks the study for its best trial after the arms; with none completed, that
+    # raised "No trials are completed yet." as a traceback after our summary.
+    absent = tmp_path / "absent"
+    proc, sweep_dir, out = sweep(run_train, tmp_path, "hparams_search=grpo_optuna", "hydra.sweeper.n_trials=2",
+                                 f"model.path={absent}")
+    summary = error_lines(proc)[2:]
+    assert summary[0] == "error: 2 of 2 sweep arms failed:" and len(summary) == 4, out
+    assert all(line.startswith("  #") and str(absent) in line for line in summary[1:3]), out
+    assert summary[3] == ("error: no sweep arm returned a result, so the sweeper has none: "
+                          "ValueError: No trials are completed yet."), out
+    assert not (sweep_dir / "optimization_results.yaml").exists()

@@ -14,7 +14,9 @@ Set SECREASON_TRACEBACK=1 to get the traceback of a user error too.
   keeps its whole traceback.
 - A sweep (`-m`, or `hydra.mode: MULTIRUN`): a user error fails that arm only. Its line names the
   arm (`error: sweep arm #1 (<overrides>): <message>`), the next arms run, and when the sweep ends
-  `sweep_summary` (around the entry point's `main()`) lists the failed arms and exits 2.
+  `sweep_summary` (around the entry point's `main()`) lists the failed arms and exits 2. When
+  every arm failed so and the sweeper then fails for want of a result (Optuna's best trial), that
+  is one more line, not its traceback.
   A bug in an arm prints its traceback there and fails the arm in Hydra's eyes: Hydra runs the
   other arms, then re-raises the first such error and exits 1; the summary names those arms too.
   The failed arms are kept in this process, where Hydra's basic launcher runs every arm; a
@@ -121,16 +123,38 @@ def failed_arms_report() -> str | None:
     return "\n".join(lines)
 
 
+# Sweepers whose own step after the arms fails when no arm returned a value (Optuna's `best_trial`:
+# "No trials are completed yet.").
+_SWEEPER_PACKAGES = ("optuna", "hydra_plugins")
+
+
+def no_arm_left_a_result(e: BaseException) -> bool:
+    """Whether `e` is a sweeper's failure to pick a result because every arm of this process's
+    sweep failed on a user error (each already has its line): not an arm's bug, not a sweeper bug."""
+    return (bool(SWEEP_ARMS) and len(FAILED_ARMS) == len(SWEEP_ARMS) and not getattr(e, _FROM_TASK, False)
+            and raising_package(e) in _SWEEPER_PACKAGES)
+
+
 @contextlib.contextmanager
 def sweep_summary() -> Iterator[None]:
     """Around an entry point's `main()`: after a sweep with failed arms, their summary on stderr
-    and exit status 2 (or Hydra's own non-zero status when a bug ended the sweep)."""
+    and exit status 2 (or Hydra's own non-zero status when a bug ended the sweep). When every arm
+    failed on a user error and the sweeper then fails for want of a result, its error is one line
+    under the summary, not a traceback."""
+    no_result: BaseException | None = None
     try:
         yield
+    except Exception as e:
+        if not no_arm_left_a_result(e) or os.environ.get("SECREASON_TRACEBACK"):
+            raise
+        no_result = e
     finally:
         report = failed_arms_report()
         if report:
             print(report, file=sys.stderr, flush=True)
+    if no_result is not None:
+        print(f"error: no sweep arm returned a result, so the sweeper has none: {type(no_result).__name__}: "
+              f"{one_line(no_result)}", file=sys.stderr, flush=True)
     if FAILED_ARMS:
         sys.exit(2)
 
@@ -146,13 +170,16 @@ def hydra_config_error(e: BaseException) -> bool:
 
     if isinstance(e, (HydraException, OmegaConfBaseException)):
         return True
-    if isinstance(e, ValueError):
-        tb = e.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
-        return module.split(".")[0] in ("hydra", "omegaconf")
-    return False
+    return isinstance(e, ValueError) and raising_package(e) in ("hydra", "omegaconf")
+
+
+def raising_package(e: BaseException) -> str:
+    """The top-level package of the module whose code raised `e` (its innermost frame), or ''."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return module.split(".")[0]
 
 
 def hydra_one_line(e: BaseException) -> str:
