@@ -72,19 +72,27 @@ def plain(tok, text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sft_model(l31_dir, l31_tok, tmp_path_factory):
-    """The miniature after a few SFT steps on QA through the SFT encoding (tokenize_rows): it now
-    answers each question greedily with its answer, then <|eot_id|>. Saved as an HF dir too."""
+    """The miniature after SFT on QA through the SFT encoding (tokenize_rows) until every example's
+    loss is under 0.03: it then answers each question greedily with its answer, then <|eot_id|>.
+    Saved as an HF dir too. Trained to a loss, not for a step count: at lr 3e-3 for 40 epochs the
+    losses oscillated on an AVX2-only host and it answered 'five' to three of the four questions."""
     model = load_causal_lm(str(l31_dir))
     examples, dropped = tokenize_rows(l31_tok, [{"messages": chat(q, a)} for q, a in QA], max_length=128)
     assert dropped == 0
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     torch.manual_seed(0)
-    for _ in range(40):
+    losses = [float("inf")]
+    for _ in range(300):
+        losses = []
         for ex in examples:
             out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
             out.loss.backward()
             opt.step()
             opt.zero_grad()
+            losses.append(out.loss.item())
+        if max(losses) < 0.03:
+            break
+    assert max(losses) < 0.03, f"the SFT fixture did not learn QA in 300 epochs: losses {losses}"
     model.eval()
     out_dir = tmp_path_factory.mktemp("sft_l31") / "hf_model"
     model.save_pretrained(out_dir)
